@@ -346,14 +346,15 @@ class Ruleset:
         if not isinstance(self.chains, MappingProxyType):
             object.__setattr__(self, "chains", MappingProxyType(dict(self.chains)))
 
-    def base_chains(self, hook: str, family: int) -> list[BaseChain]:
+    def base_chains(self, hook: str, family: int, native_hook: str = "forward") -> list[BaseChain]:
         """Base chains a packet of ``family`` crosses at ``hook``, in run order.
 
-        Native chains (``hook=None``) sit on the filtering hook of the
-        profile, passed in as ``hook`` by the caller.
+        Native chains (``hook=None``) sit on ``native_hook``, the filtering
+        hook the profile's ``firewall`` names, and on no other hook.
         """
         found = [b for b in self.bases
-                 if (b.hook == hook or b.hook is None) and b.family in (None, family)]
+                 if (b.hook == hook or (b.hook is None and hook == native_hook))
+                 and b.family in (None, family)]
         return sorted(found, key=lambda b: b.priority)
 
     def rules(self) -> Iterator[Rule]:

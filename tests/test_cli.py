@@ -1,0 +1,78 @@
+"""The command line contract: exit codes and one-line errors, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fwtest.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = str(ROOT / "rulesets" / "psap-edge.yaml")
+PROFILE = str(ROOT / "rulesets" / "psap-edge.profile.yaml")
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def test_check_reference_table(capsys):
+    assert main(["check", REFERENCE, "--profile", PROFILE]) == 0
+    out = capsys.readouterr().out
+    for flow in ("emergency-call", "callback", "options-keepalive", "text"):
+        for transport in ("UDP", "TCP", "TLS"):
+            assert any(flow in line and transport in line and "PASS" in line for line in out.splitlines())
+    assert "IPv6" in out and "the emergency path is intact" in out
+
+
+def test_malformed_yaml_exits_2(tmp_path, capsys):
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("policy: drop\nrules:\n  - id: x\n    action: [accept\n")
+    assert main(["check", str(bad), "--profile", PROFILE]) == 2
+    assert one_line_error(capsys).startswith(f"{bad}:")
+
+
+def test_unknown_key_exits_2_with_suggestion(tmp_path, capsys):
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("policy: drop\nrules:\n  - id: sip\n    proto: udp\n    dprt: 5060\n    action: accept\n")
+    assert main(["check", str(bad), "--profile", PROFILE]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith(f"{bad}:5:") and "dport" in err
+
+
+def test_missing_file_exits_2(tmp_path, capsys):
+    assert main(["check", str(tmp_path / "absent.yaml"), "--profile", PROFILE]) == 2
+    assert "absent.yaml" in one_line_error(capsys)
+
+
+def test_usage_error_exits_2(capsys):
+    assert main(["check"]) == 2
+    one_line_error(capsys)
+
+
+def test_json_contract_keys(capsys):
+    assert main(["check", REFERENCE, "--profile", PROFILE, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) >= {"result", "ruleset", "baseline", "profile", "findings", "stats"}
+    assert report["profile"] == "psap-edge" and report["baseline"] is None
+
+
+def test_console_script_runs_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fwtest.cli", "check", str(tmp_path / "nope.yaml"),
+                           "--profile", PROFILE], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith("no such file")
+
+
+@pytest.mark.parametrize("spec", ["udp 198.51.100.7:5060 > 203.0.113.10:5060 state=new",
+                                  "tcp [2001:db8:100::7]:40000 > [2001:db8:911::10]:5061 flags=S"])
+def test_explain_walks_the_reference(capsys, spec):
+    code = main(["explain", REFERENCE, spec, "--profile", PROFILE])
+    out = capsys.readouterr().out
+    assert code == 0 and "accept" in out.lower()

@@ -24,6 +24,7 @@ class FlowOutcome:
     first_dead: FlowStep | None
     verdict: Verdict | None            # the verdict of first_dead
     dead: int                          # packets of the flow that died
+    verdicts: tuple[Verdict, ...] = ()  # one per step, for ladder diagrams
 
 
 def judge(flow: CallFlow, verdicts: Sequence[Verdict]) -> FlowOutcome:
@@ -32,10 +33,11 @@ def judge(flow: CallFlow, verdicts: Sequence[Verdict]) -> FlowOutcome:
         raise ValueError(f"{len(verdicts)} verdicts for {len(flow.steps)} packets")
     dead = [(step, v) for step, v in zip(flow.steps, verdicts, strict=True) if not v.accepted]
     if not dead:
-        return FlowOutcome(flow, True, "", None, None, 0)
+        return FlowOutcome(flow, True, "", None, None, 0, tuple(verdicts))
     phases = {step.phase for step, _ in dead}
     step, verdict = dead[0]
-    return FlowOutcome(flow, False, where_it_broke(flow.flow, phases), step, verdict, len(dead))
+    return FlowOutcome(flow, False, where_it_broke(flow.flow, phases), step, verdict, len(dead),
+                       tuple(verdicts))
 
 
 def where_it_broke(flow: str, dead_phases: set[str]) -> str:

@@ -1,0 +1,56 @@
+"""Reading a ruleset at a git revision."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from fwtest.errors import InputError
+from fwtest.gitsource import parse_git_spec, read_git_file
+
+
+def git(cwd, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+                   cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    git(tmp_path, "init", "-q")
+    (tmp_path / "fw").mkdir()
+    (tmp_path / "fw" / "rules.yaml").write_text("policy: accept\n")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "one")
+    (tmp_path / "fw" / "rules.yaml").write_text("policy: drop\n")
+    git(tmp_path, "commit", "-qam", "two")
+    monkeypatch.chdir(tmp_path / "fw")
+    return tmp_path
+
+
+def test_spec_forms():
+    assert parse_git_spec("git:origin/main", "r.yaml") == ("origin/main", "r.yaml")
+    assert parse_git_spec("git:HEAD~1:other.yaml", "r.yaml") == ("HEAD~1", "other.yaml")
+
+
+def test_same_path_at_revision(repo):
+    assert read_git_file("git:HEAD~1", "rules.yaml").text == "policy: accept\n"
+    assert read_git_file("git:HEAD", "rules.yaml").text == "policy: drop\n"
+
+
+def test_absent_at_revision_is_not_an_error(repo):
+    (repo / "fw" / "new.yaml").write_text("policy: drop\n")
+    got = read_git_file("git:HEAD", "new.yaml")
+    assert got.text is None and got.label == "git:HEAD:new.yaml"
+
+
+def test_bad_revision(repo):
+    with pytest.raises(InputError, match="no such revision 'nope'"):
+        read_git_file("git:nope", "rules.yaml")
+
+
+def test_not_a_repository(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rules.yaml").write_text("policy: drop\n")
+    with pytest.raises(InputError, match="not inside a git repository"):
+        read_git_file("git:HEAD", "rules.yaml")

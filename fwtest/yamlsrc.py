@@ -70,8 +70,12 @@ def _convert(node: yaml.Node, path: str, depth: int, seen: set[int]) -> Any:
     if isinstance(node, yaml.ScalarNode):
         try:
             return _SCALARS.construct_object(node, deep=True)
-        except yaml.YAMLError as e:
-            raise InputError(path, line, f"bad value: {e}") from None
+        except (yaml.YAMLError, ValueError, TypeError, AttributeError) as e:
+            # Explicit tags reach Python constructors (`!!int abc` raises ValueError,
+            # `!!timestamp x` AttributeError). PyYAML's own messages run over
+            # several lines; the CLI prints one: keep the problem only.
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise InputError(path, line, f"bad value: {problem}") from None
     if isinstance(node, yaml.SequenceNode):
         out = YamlList(_convert(item, path, depth + 1, seen) for item in node.value)
         out.line = line

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fwtest.engine.outcome import FlowOutcome, judge
+from fwtest.engine.outcome import FlowOutcome, judge, severity
 from fwtest.engine.verdict import Verdict
+from fwtest.errors import InputError
 from fwtest.profile import EmergencyProfile, load_profile
 from fwtest.rules import load_ruleset
 from fwtest.rules.ir import Ruleset, Source
@@ -69,7 +70,8 @@ class FlowResult:
 
     @property
     def first_failure(self) -> FlowOutcome | None:
-        return self.failed[0] if self.failed else None
+        """The worst failed instance (a call that never set up before one with clipped audio)."""
+        return min(self.failed, key=severity) if self.failed else None
 
 
 @dataclass
@@ -80,6 +82,8 @@ class Report:
     findings: list[Finding]
     baseline: str | None = None
     stats: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)       # what the reader must know (e.g. no baseline at REV)
+    baseline_report: Report | None = None                # the baseline's own check, for diff views
 
     @property
     def result(self) -> str:
@@ -90,9 +94,12 @@ class Report:
         return 0 if self.result == "pass" else 1
 
     def to_json(self) -> dict:
-        return {"result": self.result, "ruleset": self.ruleset, "baseline": self.baseline,
-                "profile": self.profile, "findings": [f.to_json() for f in self.findings],
-                "stats": self.stats}
+        out = {"result": self.result, "ruleset": self.ruleset, "baseline": self.baseline,
+               "profile": self.profile, "findings": [f.to_json() for f in self.findings],
+               "stats": self.stats}
+        if self.notes:
+            out["notes"] = self.notes
+        return out
 
 
 def rule_ref(verdict: Verdict) -> dict | None:
@@ -174,7 +181,59 @@ def replay_findings(rows: Sequence[FlowResult]) -> list[Finding]:
     return findings
 
 
-def check(ruleset: RulesetLike, profile: ProfileLike, *, seed: int = 0) -> Report:
+def load_baseline(specs: Sequence[str | Path] | RulesetLike, rules: RulesetLike) -> tuple[Ruleset | None, str, list[str]]:
+    """The baseline ruleset, its label, and notes.
+
+    ``git:REV`` reads each of the checked ruleset's files at REV (the same
+    path); ``git:REV:path`` one named file. A file absent at REV (a ruleset
+    added by this change) leaves nothing to compare: the result is None and a
+    note says so, and only the profile check applies.
+    """
+    from fwtest.gitsource import is_git_spec, read_git_file
+    from fwtest.rules import merge, parse_ruleset
+
+    if isinstance(specs, (Ruleset, Mapping)):
+        rs = load_ruleset(specs)
+        return rs, ", ".join(rs.files) or rs.name, []
+    specs = [specs] if isinstance(specs, (str, Path)) else list(specs)
+    rule_paths = [str(r) for r in ([rules] if isinstance(rules, (str, Path)) else
+                                   rules if isinstance(rules, Sequence) else [])]
+    parts, labels, notes = [], [], []
+    for spec in map(str, specs):
+        if not is_git_spec(spec):
+            parts.append(load_ruleset(spec))
+            labels.append(spec)
+            continue
+        has_path = spec.count(":") >= 2
+        for path in ([None] if has_path else rule_paths) or [None]:
+            if path is None and not has_path:
+                raise InputError(spec, 0, "git:REV needs the ruleset to be a file path (or use git:REV:path)")
+            got = read_git_file(spec, path or "")
+            if got.text is None:
+                notes.append(f"{got.path} does not exist at {got.rev}: a new ruleset, no regression check")
+                continue
+            parts.append(parse_ruleset(got.text, got.label))
+            labels.append(got.label)
+    if not parts:
+        return None, ", ".join(map(str, specs)), notes
+    return merge(parts), ", ".join(labels), notes
+
+
+def regression_findings(rows: Sequence[FlowResult], base_rows: Sequence[FlowResult],
+                        findings: list[Finding]) -> list[Finding]:
+    """A blocked flow that the baseline carried is a regression: this change broke it."""
+    carried = {(r.flow, r.transport, r.family) for r in base_rows if r.passed}
+    out = []
+    for f in findings:
+        if f.kind == "blocked" and (f.flow, f.transport, f.family) in carried:
+            f = Finding("regression", f.flow, f.message, f.packet, f.rule, f.evidence, f.transport, f.family,
+                        f.detail)
+        out.append(f)
+    return out
+
+
+def check(ruleset: RulesetLike, profile: ProfileLike, *, baseline: RulesetLike | Sequence[str] | None = None,
+          traces: Sequence[str | Path] = (), seed: int = 0) -> Report:
     """Run the emergency profile through the ruleset; the report says pass or fail and why."""
     from fwtest.traffic.synth import synthesize
 
@@ -183,13 +242,21 @@ def check(ruleset: RulesetLike, profile: ProfileLike, *, seed: int = 0) -> Repor
     prof = profile if isinstance(profile, EmergencyProfile) else load_profile(profile)
     flows = synthesize(prof, seed=seed)
     synthesized = time.perf_counter()
-    outcomes = replay_flows(rs, prof, flows)
-    rows = group(outcomes)
+    rows = group(replay_flows(rs, prof, flows))
     findings = replay_findings(rows)
     done = time.perf_counter()
-    packets = sum(len(f.steps) for f in flows)
-    return Report(
+    report = Report(
         ruleset=", ".join(rs.files) or rs.name, profile=prof.name, flows=rows, findings=findings,
-        stats={"flows": len(rows), "calls": len(flows), "packets": packets,
+        stats={"flows": len(rows), "calls": len(flows), "packets": sum(len(f.steps) for f in flows),
                "synth_seconds": round(synthesized - started, 3),
                "replay_seconds": round(done - synthesized, 3)})
+    if baseline:
+        base_rs, label, notes = load_baseline(baseline, ruleset)
+        report.baseline = label
+        report.notes.extend(notes)
+        if base_rs is not None:
+            base_rows = group(replay_flows(base_rs, prof, flows))
+            report.baseline_report = Report(ruleset=label, profile=prof.name, flows=base_rows,
+                                            findings=replay_findings(base_rows))
+            report.findings = regression_findings(rows, base_rows, report.findings)
+    return report

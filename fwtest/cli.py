@@ -8,12 +8,12 @@ regressed, 2 bad input or usage, printed as one line ``file:line: message``;
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
 
 from fwtest.errors import InputError
+from fwtest.report import FORMATS
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -29,10 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     check = sub.add_parser("check", help="does the emergency path get through these rules?")
-    check.add_argument("rules", nargs="+", metavar="RULES", help="ruleset file(s): YAML, iptables-save, nft -j JSON")
+    check.add_argument("rules", nargs="*", metavar="RULES",
+                       help="ruleset file(s): YAML, iptables-save, nft -j JSON; several make one ruleset "
+                            "(default: the rulesets configured in [tool.fwtest] / fwtest.yaml)")
     _profile_arg(check)
-    check.add_argument("--format", choices=["table", "json"], default="table")
-    check.add_argument("-o", "--output", metavar="FILE", help="write the report here instead of stdout")
+    check.add_argument("--baseline", action="append", default=[], metavar="B",
+                       help="the ruleset before the change: file(s), or git:REV[:path]; once per file")
+    check.add_argument("--trace", action="append", default=[], metavar="PCAP",
+                       help="captured traffic to replay as evidence (repeatable)")
+    check.add_argument("--format", choices=FORMATS, default=None,
+                       help="report format on stdout (default table)")
+    check.add_argument("-o", "--output", action="append", default=[], metavar="FILE",
+                       help="write a report to FILE, in the format its extension names "
+                            "(.sarif .xml .html .json .txt); repeatable")
     check.add_argument("--seed", type=int, default=0, help="seed of the synthetic traffic (default 0)")
 
     explain = sub.add_parser("explain", help="rule-by-rule walk of one packet")
@@ -73,28 +82,49 @@ def _profile(path: str | None):
     return load_profile(path) if path else discover_profile()
 
 
-def _emit(text: str, output: str | None) -> None:
-    if output:
-        try:
-            with open(output, "w", encoding="utf-8") as f:
-                f.write(text)
-        except OSError as e:
-            raise InputError(output, 0, f"cannot write report: {e.strerror}") from None
-    else:
-        sys.stdout.write(text)
+def _write(path: str, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise InputError(path, 0, f"cannot write report: {e.strerror}") from None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from fwtest.check import check
+    from fwtest.config import RulesetEntry, find_config
+    from fwtest.report import format_for, render
+    from fwtest.report.table import use_colour
 
-    report = check(args.rules, _profile(args.profile), seed=args.seed)
-    if args.format == "json":
-        _emit(json.dumps(report.to_json(), indent=2) + "\n", args.output)
+    config = find_config()
+    if args.rules:
+        entries = [RulesetEntry(tuple(args.rules))]
+    elif config is not None and config.rulesets:
+        entries = list(config.rulesets)
     else:
-        from fwtest.report.table import render_table, use_colour
-        colour = not args.output and use_colour(sys.stdout)
-        _emit(render_table(report, colour=colour), args.output)
-    return report.exit_code
+        raise InputError(config.path if config else "fwtest", 0,
+                         "no ruleset given and none configured ([tool.fwtest] rulesets = [...])")
+    reports, baselines = [], []
+    for entry in entries:
+        profile = _profile(args.profile or entry.profile)
+        baseline = args.baseline or ([entry.baseline] if entry.baseline else [])
+        if not baseline and config is not None and config.baseline:
+            baseline = [config.baseline]
+        traces = args.trace or list(entry.traces) or (list(config.traces) if config else [])
+        report = check(list(entry.rules), profile, baseline=baseline or None, traces=traces, seed=args.seed)
+        reports.append(report)
+        baselines.append(report.baseline_report)
+
+    outputs = args.output or (list(config.outputs) if config and not args.format else [])
+    for path in outputs:
+        text = render(reports, format_for(path, args.format if len(outputs) == 1 else None),
+                      baselines=baselines)
+        _write(path, text)
+    # The table always goes to the terminal (CI job logs and summaries show it),
+    # unless a format for stdout was asked for.
+    stdout_format = args.format if (args.format and not outputs) else "table"
+    sys.stdout.write(render(reports, stdout_format, colour=use_colour(sys.stdout), baselines=baselines))
+    return max(r.exit_code for r in reports)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ searching upwards from the current directory.
 from __future__ import annotations
 
 import ipaddress
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,6 @@ from typing import Any
 
 from fwtest.errors import InputError, did_you_mean
 from fwtest.yamlsrc import YamlList, YamlMap, line_of, load_yaml
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -98,28 +92,16 @@ def load_profile(source: str | Path | Mapping[str, Any]) -> EmergencyProfile:
 
 def discover_profile(start: str | Path = ".") -> EmergencyProfile:
     """The profile named by the nearest pyproject.toml ``[tool.fwtest]``, else fwtest.yaml."""
-    here = Path(start).resolve()
-    for folder in (here, *here.parents):
-        pyproject = folder / "pyproject.toml"
-        if pyproject.is_file():
-            try:
-                config = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-                raise InputError(str(pyproject), 0, f"malformed TOML: {e}") from None
-            tool = config.get("tool", {}).get("fwtest")
-            if isinstance(tool, Mapping):
-                prof = tool.get("profile")
-                if isinstance(prof, str):
-                    return load_profile(folder / prof)
-                if isinstance(prof, Mapping):
-                    return profile_from_dict(prof, f"{pyproject}[tool.fwtest.profile]")
-                raise InputError(str(pyproject), 0, "[tool.fwtest] has no 'profile' (a path or a table)")
-        candidate = folder / "fwtest.yaml"
-        if candidate.is_file():
-            return load_profile(candidate)
-    raise InputError(str(here), 0,
-                     "no profile: pass --profile, or set [tool.fwtest] profile in pyproject.toml, "
-                     "or write fwtest.yaml")
+    from fwtest.config import find_config
+
+    config = find_config(start)
+    if config is not None and config.profile_inline is not None:
+        return profile_from_dict(config.profile_inline, f"{config.path}.profile")
+    if config is not None and config.profile is not None:
+        return load_profile(config.profile)
+    where = config.path if config else str(Path(start).resolve())
+    raise InputError(where, 0, "no profile: pass --profile, or set [tool.fwtest] profile in "
+                     "pyproject.toml, or write fwtest.yaml")
 
 
 def profile_from_dict(data: Any, path: str) -> EmergencyProfile:

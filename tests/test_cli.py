@@ -52,8 +52,47 @@ def test_missing_file_exits_2(tmp_path, capsys):
 
 
 def test_usage_error_exits_2(capsys):
-    assert main(["check"]) == 2
-    one_line_error(capsys)
+    assert main(["check", REFERENCE, "--format", "yaml"]) == 2
+    assert "invalid choice" in one_line_error(capsys)
+
+
+def test_no_ruleset_and_none_configured(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "--profile", PROFILE]) == 2
+    assert "no ruleset given and none configured" in one_line_error(capsys)
+
+
+def test_configured_rulesets_and_outputs(tmp_path, monkeypatch, capsys):
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.fwtest]\nprofile = "{PROFILE}"\n'
+        f'rulesets = ["{REFERENCE}", {{rules = ["{ROOT / "rulesets/broken/options-dropped.yaml"}"]}}]\n'
+        'outputs = ["out.sarif", "out.xml"]\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["check"]) == 1
+    out = capsys.readouterr().out
+    assert "PASS: the emergency path is intact" in out and "options-keepalive" in out
+    sarif = json.loads((tmp_path / "out.sarif").read_text())
+    assert {r["ruleId"].split("/")[1] for r in sarif["runs"][0]["results"]} == {"blocked"}
+    assert (tmp_path / "out.xml").read_text().startswith("<?xml")
+
+
+def test_output_format_from_extension_or_error(tmp_path, capsys):
+    assert main(["check", REFERENCE, "--profile", PROFILE, "-o", str(tmp_path / "r.json"),
+                 "-o", str(tmp_path / "r.html")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["result"] == "pass"
+    assert "<svg" in (tmp_path / "r.html").read_text()
+    capsys.readouterr()
+    assert main(["check", REFERENCE, "--profile", PROFILE, "-o", str(tmp_path / "a.out"),
+                 "-o", str(tmp_path / "b.out")]) == 2
+    assert "cannot tell the report format" in one_line_error(capsys)
+
+
+def test_baseline_turns_blocked_into_regression(capsys):
+    broken = str(ROOT / "rulesets/broken/options-dropped.yaml")
+    assert main(["check", broken, "--profile", PROFILE, "--baseline", REFERENCE, "--format", "json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["baseline"] == REFERENCE
+    assert {f["kind"] for f in report["findings"] if f["flow"] == "options-keepalive"} == {"regression"}
 
 
 def test_json_contract_keys(capsys):

@@ -15,6 +15,9 @@ import yaml
 from fwtest.errors import InputError
 
 MAX_DEPTH = 64
+# libyaml's parser when PyYAML was built with it: ~10x faster on big rulesets,
+# and its nodes carry the same marks (lines) as the pure-Python parser's.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class YamlMap(dict):
@@ -44,7 +47,7 @@ def line_of(value: Any, default: int = 0) -> int:
 def load_yaml(text: str, path: str) -> Any:
     """Parse one YAML document with line information; errors become InputError."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 0

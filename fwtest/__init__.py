@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from fwtest.errors import InputError
 
 if TYPE_CHECKING:
-    from fwtest.check import Report, check
+    from fwtest.api import Report, check
     from fwtest.profile import EmergencyProfile, load_profile
     from fwtest.rules import load_ruleset
     from fwtest.rules.ir import Ruleset
@@ -24,7 +24,7 @@ __all__ = ["InputError", "check", "load_ruleset", "load_profile", "Report", "Rul
 
 # Imported on first use: `fwtest check` must start faster than `import scapy.all`.
 _LAZY = {
-    "check": "fwtest.check", "Report": "fwtest.check",
+    "check": "fwtest.api", "Report": "fwtest.api",
     "load_profile": "fwtest.profile", "EmergencyProfile": "fwtest.profile",
     "load_ruleset": "fwtest.rules", "Ruleset": "fwtest.rules.ir",
 }

@@ -91,7 +91,7 @@ def _write(path: str, text: str) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from fwtest.check import check
+    from fwtest.api import check
     from fwtest.config import RulesetEntry, find_config
     from fwtest.report import format_for, render
     from fwtest.report.table import use_colour

@@ -1,6 +1,6 @@
 """Rendering reports: one function per format, chosen by name or file extension.
 
-Renderers decide nothing; they show what fwtest.check found.
+Renderers decide nothing; they show what fwtest.api.check found.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from fwtest.check import Report
+from fwtest.api import Report
 from fwtest.errors import InputError
 
 FORMATS = ("table", "json", "junit", "sarif", "html")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from fwtest.check import Finding, FlowResult, Report
+from fwtest.api import Finding, FlowResult, Report
 from fwtest.report.table import rule_label
 
 FAMILY = {4: "IPv4", 6: "IPv6"}

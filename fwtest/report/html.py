@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from fwtest.check import Finding, FlowResult, Report, rule_ref
+from fwtest.api import Finding, FlowResult, Report, rule_ref
 from fwtest.engine.outcome import FlowOutcome
 from fwtest.report._shared import (
     BLOCKING,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from fwtest.check import Finding, FlowResult, Report, rule_ref
+from fwtest.api import Finding, FlowResult, Report, rule_ref
 from fwtest.report._shared import (
     BLOCKING,
     finding_body,

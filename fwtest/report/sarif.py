@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from fwtest.check import Finding, Report
+from fwtest.api import Finding, Report
 from fwtest.report._shared import BLOCKING, finding_headline, packet_text, row_title
 from fwtest.report.table import rule_label
 

@@ -7,7 +7,7 @@ from typing import TextIO
 
 from tabulate import tabulate
 
-from fwtest.check import Finding, Report
+from fwtest.api import Finding, Report
 
 FAMILY = {4: "IPv4", 6: "IPv6"}
 

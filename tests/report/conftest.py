@@ -3,7 +3,7 @@
 A renderer's tests need reports whose every verdict is known: the flows here
 are small SIP calls (INVITE .. 200 .. ACK, RTP/RTCP both ways, BYE) whose
 packets are real IP bytes parsed by ``parse_ip``, judged by
-``fwtest.engine.outcome.judge`` and grouped into findings by ``fwtest.check``
+``fwtest.engine.outcome.judge`` and grouped into findings by ``fwtest.api``
 exactly as ``check()`` does after its replay.
 """
 
@@ -17,7 +17,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
-from fwtest.check import Finding, Report, group, replay_findings
+from fwtest.api import Finding, Report, group, replay_findings
 from fwtest.engine.outcome import judge
 from fwtest.engine.verdict import Verdict
 from fwtest.rules.ir import Action, Match, Rule, Source

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fwtest.check import Finding, Report
+from fwtest.api import Finding, Report
 from fwtest.engine.outcome import judge
 from fwtest.report.html import MAX_ROWS, X_FW, ladder_arrows, render_html
 from fwtest.traffic.callflow import CallFlow, FlowStep

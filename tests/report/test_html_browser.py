@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fwtest.check import Report
+from fwtest.api import Report
 from fwtest.report.html import render_html
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -175,7 +175,7 @@ def test_real_broken_ruleset_in_chromium_beside_its_baseline(tmp_path):
     reason = _real_check_available()
     if reason:
         pytest.skip(reason)
-    from fwtest.check import check
+    from fwtest.api import check
 
     broken = sorted((ROOT / "rulesets" / "broken").glob("*.yaml"))[0]
     expect = re.match(r"#\s*fwtest-expect:\s*rule=(\S+)", broken.read_text().splitlines()[0])

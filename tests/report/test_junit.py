@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fwtest.check import Finding, Report
+from fwtest.api import Finding, Report
 from fwtest.report._shared import xml_text
 from fwtest.report.junit import render_junit
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fwtest.check import Finding, Report
+from fwtest.api import Finding, Report
 from fwtest.report.sarif import SRCROOT, render_sarif
 
 # The OASIS SARIF 2.1.0 (errata 01) schema, vendored: tests/data/sarif-2.1.0.json.

@@ -250,6 +250,13 @@ def check(ruleset: RulesetLike, profile: ProfileLike, *, baseline: RulesetLike |
         stats={"flows": len(rows), "calls": len(flows), "packets": sum(len(f.steps) for f in flows),
                "synth_seconds": round(synthesized - started, 3),
                "replay_seconds": round(done - synthesized, 3)})
+    if traces:
+        from fwtest.replay import replay_capture, trace_findings
+
+        replays = [replay_capture(rs, pcap, prof) for pcap in traces]
+        report.findings.extend(trace_findings(replays, prof))
+        report.stats["trace_packets"] = sum(r.packets for r in replays)
+        report.stats["trace_calls"] = sum(len(r.reconstruction.calls) for r in replays)
     if baseline:
         base_rs, label, notes = load_baseline(baseline, ruleset)
         report.baseline = label

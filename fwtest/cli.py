@@ -151,13 +151,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from fwtest.replay import replay_capture
-    from fwtest.report.replay import render_replay
+    from fwtest.report.replay import jsonl_line, render_replay_table
 
     if len(args.paths) < 2:
         raise InputError("fwtest", 0, "replay needs RULES... and a PCAP (the last argument)")
     *rules, pcap = args.paths
-    result = replay_capture(rules, pcap, _profile(args.profile))
-    render_replay(result, args.format, sys.stdout)
+    sink = None
+    if args.format == "jsonl":
+        def sink(index, frame, record, verdict):  # noqa: ANN001 - streamed as decided: bounded memory
+            sys.stdout.write(jsonl_line(index, frame, record, verdict) + "\n")
+    result = replay_capture(rules, pcap, _profile(args.profile), on_packet=sink)
+    if args.format == "table":
+        render_replay_table(result, sys.stdout)
     return result.exit_code
 
 

@@ -222,6 +222,32 @@ class LimitMatch:
 
 
 @dataclass(frozen=True)
+class IcmpMatch:
+    """ICMP / ICMPv6 type and code (iptables ``--icmp-type 3/4``, ip6tables
+    ``--icmpv6-type``, nft ``icmp type``/``icmp code``).
+
+    True when the packet is ICMP of ``family`` (protocol 1 for IPv4, 58 for
+    IPv6), carries its ICMP header (not a later fragment), its type is in
+    ``types`` (empty: any type) and its code lies in ``codes`` (inclusive);
+    ``negated`` inverts that for ICMP packets of the family only: like ports,
+    an ICMP match never matches a packet that has no ICMP header to test.
+    """
+
+    family: Family
+    types: frozenset[int] = frozenset()
+    codes: tuple[int, int] = (0, 255)
+    negated: bool = False
+    text: str = ""
+
+    def matches(self, family: int, proto: int, icmp_type: int, icmp_code: int) -> bool:
+        if family != self.family or proto != (1 if family == 4 else 58):
+            return False
+        inside = ((not self.types or icmp_type in self.types)
+                  and self.codes[0] <= icmp_code <= self.codes[1])
+        return inside != self.negated
+
+
+@dataclass(frozen=True)
 class Match:
     """All the conditions of one rule (each ``None`` when absent)."""
 
@@ -240,6 +266,7 @@ class Match:
     sip: SipMatch | None = None
     string: tuple[StringMatch, ...] = ()
     limit: LimitMatch | None = None
+    icmp: IcmpMatch | None = None    # ICMP type/code (iptables/nft imports)
 
     def is_empty(self) -> bool:
         return self == Match()

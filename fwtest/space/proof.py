@@ -1,0 +1,563 @@
+"""The profile coverage proof: is *every* packet of the emergency profile accepted?
+
+``prove(ruleset, profile)`` turns the profile into packet classes
+(``fwtest.space.classes``), compiles the ruleset for the paths they take
+(``fwtest.space.compile``) and intersects: a class whose whole region is
+accepted passes; otherwise each part of the blocked region is reported with
+the rule (or policy) that decides it, summarised as a few rectangles, with
+witness packets the replay engine has confirmed.
+
+Atoms the header cannot decide are decided per class:
+
+* ``string`` and ``sip`` matches against the class's own packet (the
+  synthesiser's message: an emergency INVITE to ``urn:service:sos`` with a
+  PIDF-LO body, the RTP packet, the TLS record), by the engine's own
+  compiled match tests, so both agree byte for byte (a ``friendly-scanner``
+  User-Agent match is false for every class, ``string "sos"`` true for the
+  emergency INVITE);
+* ``helper`` matches by the class's connection (media the SIP helper
+  expected has ``sip`` as its master's helper);
+* rate limits as "under the limit" (a single call never meets a full
+  bucket), except on the surge: a limit that cannot carry ``surge.calls``
+  new calls in ``surge.seconds`` for a class it covers is a finding of the
+  flow ``surge``. Judged per class the rules see as NEW (or untracked): the
+  new calls; as if one peer host sent the whole surge (the worst case the
+  profile allows; hashlimit keys do not help then); each class's packets
+  alone in the bucket (other classes sharing it are not added); confirmed
+  by replaying that many copies of the witness through the engine. Limits
+  on ESTABLISHED/RELATED traffic, and a single call outrunning a limit, are
+  left to replay (which runs the real timeline through the token buckets).
+
+Conntrack timeouts: the classes come from a replay of each flow's timeline
+through a model of connection tracking, so a packet that arrives after its
+entry expired (a UDP BYE after a call longer than the ``udp_stream``
+timeout) is a class of its own, seen as NEW, with a note saying why; the
+proof then judges it like any NEW packet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fwtest.engine.verdict import Verdict
+from fwtest.errors import InputError
+from fwtest.profile import EmergencyProfile
+from fwtest.rules.ir import Action, LimitMatch, Match, Rule, Ruleset, Source
+from fwtest.space.classes import PacketClass, profile_classes
+from fwtest.space.compile import Box, Compiled, Decider, compile_path
+from fwtest.space.header import STATE_CODES, Atom, HeaderSpace, ProofError
+from fwtest.space.region import Summary, summarise
+from fwtest.space.witness import (
+    Confirmer,
+    build_witness,
+    confirm,
+    confirm_burst,
+    witness_file_name,
+    write_pcap,
+)
+from fwtest.traffic.callflow import CallFlow
+from fwtest.traffic.record import PacketRecord
+
+MAX_RECTS = 4
+
+
+@dataclass(frozen=True)
+class Witness:
+    """A concrete packet of a blocked region, and the engine's verdict on it."""
+
+    record: PacketRecord
+    state: str
+    verdict: Verdict | None          # None only when confirmation was turned off
+    burst: tuple[PacketRecord, ...] = ()   # the surge copies replayed (rate-limit findings)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"packet": self.record.describe(), "state": self.state}
+        if self.verdict is not None:
+            out["verdict"] = self.verdict.verdict
+        if self.burst:
+            out["copies"] = len(self.burst)
+        return out
+
+
+@dataclass(frozen=True)
+class ProofFinding:
+    """Part of a class the ruleset drops, who drops it, and packets that show it."""
+
+    flow: str                        # profile flow, or "surge" for rate-limit findings
+    transport: str
+    family: int
+    label: str                       # "INVITE", "RTP psap->peer", "BYE"
+    direction: str
+    phase: str
+    state: str                       # conntrack state the rules see the packets in
+    region: Summary
+    decider: Decider
+    witnesses: tuple[Witness, ...]
+    detail: str = ""
+    space: HeaderSpace | None = field(default=None, compare=False, repr=False)
+    kind: str = "blocked"
+    path: str = "forward"
+
+    @property
+    def rule(self) -> dict[str, Any]:
+        return self.decider.to_json()
+
+    @property
+    def packet(self) -> dict[str, Any] | None:
+        return self.witnesses[0].record.describe() if self.witnesses else None
+
+    def region_text(self) -> list[str]:
+        return self.region.describe(self.space) if self.space is not None else []
+
+    def to_json(self) -> dict[str, Any]:
+        """The report's finding object (DESIGN.md keys first)."""
+        out: dict[str, Any] = {
+            "kind": self.kind, "flow": self.flow, "message": self.label, "packet": self.packet,
+            "rule": self.rule, "evidence": "proof", "transport": self.transport, "family": self.family,
+            "state": self.state, "direction": self.direction,
+        }
+        if self.detail:
+            out["detail"] = self.detail
+        if self.space is not None:
+            out["region"] = self.region.to_json(self.space)
+            out["region_text"] = self.region_text()
+        out["witnesses"] = [w.to_json() for w in self.witnesses]
+        return out
+
+
+@dataclass(frozen=True)
+class ClassResult:
+    cls: PacketClass
+    state: str
+    blocked: int                     # packet headers of the class the ruleset drops
+    space: HeaderSpace = field(compare=False, repr=False)
+
+    @property
+    def accepted(self) -> bool:
+        return self.blocked == 0
+
+    @property
+    def packets(self) -> int:
+        """Packet headers in the class (counted on demand: counting is not free)."""
+        return self.space.count(self.space.class_region(self.cls, (self.state,)))
+
+
+@dataclass
+class Proof:
+    ruleset: Ruleset
+    profile: EmergencyProfile
+    results: list[ClassResult]
+    findings: list[ProofFinding]
+    space: HeaderSpace
+    compiled: dict[str, Compiled]
+    classes: list[PacketClass]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.findings
+
+    def first_per_flow(self) -> list[ProofFinding]:
+        """One finding per (flow, transport, family): the earliest packet of the flow that dies
+        (findings come in the order the flow's packets first appear), for a flow table."""
+        seen: set[tuple[str, str, int]] = set()
+        out = []
+        for f in self.findings:
+            key = (f.flow, f.transport, f.family)
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"result": "pass" if self.passed else "fail",
+                "classes": len(self.results),
+                "blocked_classes": sum(1 for r in self.results if not r.accepted),
+                "findings": [f.to_json() for f in self.findings], "stats": self.stats}
+
+
+# ---------------------------------------------------------------- atoms
+
+class AtomJudge:
+    """Truth of the atoms for a packet class, decided by the engine's own match code."""
+
+    def __init__(self, space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfile) -> None:
+        self.space = space
+        self.ruleset = ruleset
+        self.profile = profile
+        self._l7: dict[tuple, bool] = {}
+        self._compiled: dict[str, tuple] = {}
+
+    def probe(self, atom: Atom, record: PacketRecord, path: str, state: str) -> bool:
+        """Does the one match of ``atom`` match ``record``? The engine's compiled test decides."""
+        from fwtest.engine.packet import PacketView
+
+        # A sip match reads the transport payload, a string match the whole packet.
+        key = (atom.var, record.payload if atom.kind == "sip" else record.data, record.frag)
+        got = self._l7.get(key)
+        if got is None:
+            p = PacketView(record, state if self.ruleset.conntrack.enabled else "untracked")
+            got = all(test(p) for test in self._tests(atom))
+            self._l7[key] = got
+        return got
+
+    def _tests(self, atom: Atom) -> tuple:
+        from fwtest.engine.limits import LimitState
+        from fwtest.engine.match import compile_match
+
+        tests = self._compiled.get(atom.var)
+        if tests is None:
+            if atom.kind == "string":
+                match = Match(string=(atom.key,))
+            elif atom.kind == "sip":
+                match = Match(sip=atom.key)
+            else:  # pragma: no cover - callers only probe payload atoms
+                raise ProofError(f"cannot probe a {atom.kind} atom")
+            probe = Rule("probe", Source("<fwtest probe>", 0), match, Action("accept"))
+            tests = compile_match(match, probe, LimitState())[0]
+            self._compiled[atom.var] = tests
+        return tests
+
+    def payload_atoms(self) -> list[Atom]:
+        return [a for a in self.space.atoms.values() if a.kind in ("string", "sip")]
+
+    def valuation(self, cls: PacketClass, state: str, record: PacketRecord | None = None) -> dict[str, bool]:
+        """Atom values for packets of ``cls`` (its template, or ``record``)."""
+        rec = record if record is not None else cls.template
+        out: dict[str, bool] = {}
+        for atom in self.space.atoms.values():
+            if atom.kind in ("string", "sip"):
+                out[atom.var] = self.probe(atom, rec, cls.path, state)
+            elif atom.kind == "helper":
+                out[atom.var] = cls.helper == atom.key
+            elif atom.kind == "limit":
+                limit: LimitMatch = atom.key[1]
+                out[atom.var] = not limit.above      # under the limit
+            else:  # pragma: no cover - HeaderSpace only declares the kinds above
+                raise ProofError(f"atom kind {atom.kind!r}")
+        return out
+
+
+# ---------------------------------------------------------------- compile for a profile
+
+def class_boxes(classes: Sequence[PacketClass]) -> list[Box]:
+    """One box over all classes of a path (addresses, protocols and ports they can have)."""
+    fams = frozenset(c.family for c in classes)
+    protos = frozenset(c.proto for c in classes)
+    src = tuple({(c.family, int(n.network_address), int(n.broadcast_address))
+                 for c in classes for n in c.src})
+    dst = tuple({(c.family, int(n.network_address), int(n.broadcast_address))
+                 for c in classes for n in c.dst})
+    sport = tuple({(c.sport[0], c.sport[1]) if c.sport else (0, 0) for c in classes})
+    dport = tuple({(c.dport[0], c.dport[1]) if c.dport else (0, 0) for c in classes})
+    return [Box(fams, protos, src, dst, sport, dport)]
+
+
+class ProfileCompile:
+    """A ruleset compiled for the paths of a set of classes (all conntrack states)."""
+
+    def __init__(self, space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfile,
+                 classes: Sequence[PacketClass], *, extra: dict[str, Any] | None = None,
+                 extra_boxes: dict[str, list[Box]] | None = None, track: bool = False) -> None:
+        self.space = space
+        self.ruleset = ruleset
+        self.profile = profile
+        by_path: dict[str, list[PacketClass]] = {}
+        for c in classes:
+            by_path.setdefault(c.path, []).append(c)
+        paths = set(by_path) | set(extra or {})
+        self.compiled: dict[str, Compiled] = {}
+        for path in sorted(paths):
+            within = space.false
+            boxes: list[Box] = []
+            if path in by_path:
+                for c in by_path[path]:
+                    within |= self.region(c, tuple(STATE_CODES))
+                boxes.extend(class_boxes(by_path[path]))
+            if extra and path in extra:
+                within |= extra[path]
+                boxes.extend((extra_boxes or {}).get(path, [Box()]))
+            self.compiled[path] = compile_path(space, ruleset, path, native_hook=profile.firewall,
+                                               within=within, boxes=boxes, track=track)
+        self._accept: dict[tuple, Any] = {}
+        self._drops: dict[tuple, list[tuple[Decider, Any]]] = {}
+        self._all: dict[tuple, list[tuple[Decider, Any]]] = {}
+
+    def region(self, cls: PacketClass, states: tuple[str, ...]) -> Any:
+        return self.space.class_region(cls, states)
+
+    def accept(self, path: str, valuation: dict[str, bool]) -> Any:
+        key = (path, tuple(sorted(valuation.items())))
+        got = self._accept.get(key)
+        if got is None:
+            got = self.space.let_atoms(self.compiled[path].accept, valuation)
+            self._accept[key] = got
+        return got
+
+    def drops(self, path: str, valuation: dict[str, bool]) -> list[tuple[Decider, Any]]:
+        key = (path, tuple(sorted(valuation.items())))
+        got = self._drops.get(key)
+        if got is None:
+            got = [(d, self.space.let_atoms(u, valuation))
+                   for d, u in self.compiled[path].drop_deciders().items()]
+            self._drops[key] = got
+        return got
+
+    def deciders(self, path: str, valuation: dict[str, bool]) -> list[tuple[Decider, Any]]:
+        key = (path, tuple(sorted(valuation.items())))
+        got = self._all.get(key)
+        if got is None:
+            got = [(d, self.space.let_atoms(u, valuation)) for d, u in self.compiled[path].deciders.items()]
+            self._all[key] = got
+        return got
+
+
+def helper_decider(space: HeaderSpace, ruleset: Ruleset, pc: ProfileCompile):
+    """For classes that open a connection: does a ct-helper rule attach the SIP helper to it?"""
+    helper_rules = [r for r in ruleset.rules() if r.action.kind == "ct_helper"]
+
+    def decide(cls: PacketClass) -> str | None:
+        region = pc.region(cls, cls.states)
+        covered = space.false
+        for rule in helper_rules:
+            if rule.action.target != "sip":
+                continue
+            covered |= pc.compiled[cls.path].effects.get(rule.id, space.false)
+        covered = space.bdd.exist([a.var for a in space.atoms.values()], covered)
+        hit = region & covered
+        if hit == space.false:
+            return None
+        return "sip" if hit == region else "maybe"
+
+    return decide
+
+
+def check_modelled(ruleset: Ruleset, profile: EmergencyProfile, classes: Sequence[PacketClass]) -> None:
+    """Configurations whose fragments the proof cannot see as the engine does: refuse, located."""
+    from fwtest.engine.replay import check_helpers
+
+    check_helpers(ruleset)
+    fragmented = any(c.frag != "none" or c.template.frag for c in classes)
+    if not fragmented and not any(len(c.template.data) > 1500 for c in classes):
+        return
+    if ruleset.conntrack.enabled:
+        for b in ruleset.bases:
+            if b.hook == "prerouting" and b.priority < -400 and ruleset.chains[b.chain].rules:
+                raise InputError(b.source.file, b.source.line,
+                                 f"base chain {b.chain} runs before defragmentation (priority {b.priority} "
+                                 "< -400): fwtest's proof does not model rules that see raw fragments "
+                                 "of a tracked flow; use replay, or move the chain after -400")
+    elif any(c.path == "input" and c.family == 4 for c in classes):
+        # Without conntrack the box reassembles IPv4 only before INPUT: prerouting
+        # rules see the fragments, input rules the datagram. One class cannot be both.
+        for b in ruleset.bases:
+            if b.hook == "prerouting" and ruleset.chains[b.chain].rules:
+                raise InputError(b.source.file, b.source.line,
+                                 f"base chain {b.chain} on prerouting sees IPv4 fragments the input hook "
+                                 "sees reassembled (no conntrack): fwtest's proof does not model both "
+                                 "views of one datagram; use replay")
+
+
+# Classes depend on the flows and on how the ruleset tracks connections only
+# (ct-helper rules aside): a diff or a benchmark asks for the same ones again.
+_CLASSES: dict[tuple, tuple[Sequence[CallFlow], list[PacketClass]]] = {}
+
+
+def classes_for(space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfile,
+                flows: Sequence[CallFlow]) -> list[PacketClass]:
+    """The profile's classes as ``ruleset`` sees them (ct-helper rules decided on its compile)."""
+    ct = ruleset.conntrack
+    key = (id(flows), ct.enabled, ct.helpers, tuple(sorted(ct.timeouts.items())))
+    cached = _CLASSES.get(key)
+    if cached is not None and cached[0] is flows:
+        classes = cached[1]
+    else:
+        classes = profile_classes(profile, ruleset, flows)
+        if len(_CLASSES) >= 8:
+            _CLASSES.pop(next(iter(_CLASSES)))
+        _CLASSES[key] = (flows, classes)
+    check_modelled(ruleset, profile, classes)
+    if any(r.action.kind == "ct_helper" for r in ruleset.rules()):
+        pc = ProfileCompile(space, ruleset, profile, classes)
+        classes = profile_classes(profile, ruleset, flows, helper_of=helper_decider(space, ruleset, pc))
+    return classes
+
+
+# ---------------------------------------------------------------- the proof
+
+def bucket_carries(limit: LimitMatch, packets: int, seconds: float) -> bool:
+    """Does a full token bucket pass ``packets`` packets spread evenly over ``seconds``?
+    (The engine's TokenBucket, xt_limit/xt_hashlimit credits, on the same timestamps.)"""
+    tokens, last = float(limit.burst), 0.0
+    for i in range(packets):
+        now = i * seconds / packets
+        tokens = min(float(limit.burst), tokens + (now - last) * limit.rate)
+        last = now
+        if tokens < 1.0:
+            return False
+        tokens -= 1.0
+    return True
+
+
+class _Prover:
+    def __init__(self, ruleset: Ruleset, profile: EmergencyProfile, space: HeaderSpace,
+                 pc: ProfileCompile, judge: AtomJudge, *, max_witnesses: int, confirm_witnesses: bool) -> None:
+        self.ruleset, self.profile, self.space, self.pc, self.judge = ruleset, profile, space, pc, judge
+        self.max_witnesses = max_witnesses
+        self.confirm_witnesses = confirm_witnesses
+        self.confirmer = Confirmer(ruleset, profile)
+
+    def findings_for(self, cls: PacketClass, state: str, blocked: Any, valuation: dict[str, bool], *,
+                     flow: str | None = None, detail: str = "", burst: tuple[int, float] | None = None
+                     ) -> list[ProofFinding]:
+        sp = self.space
+        out = []
+        covered = sp.false
+        for decider, region in self.pc.drops(cls.path, valuation):
+            part = region & blocked
+            if part == sp.false:
+                continue
+            covered |= part
+            summary = summarise(sp, part, max_rects=MAX_RECTS)
+            witnesses = self.witnesses(cls, state, summary, part, decider, valuation, burst)
+            out.append(ProofFinding(
+                flow=flow or cls.flow, transport=cls.transport, family=cls.family, label=cls.label,
+                direction=cls.direction, phase=cls.phase, state=state, region=summary, decider=decider,
+                witnesses=witnesses, detail=detail or cls.note, space=sp, path=cls.path))
+        if covered != blocked:
+            raise ProofError(f"{cls.side_label}: blocked packets no drop rule or policy accounts for")
+        return out
+
+    def witnesses(self, cls: PacketClass, state: str, summary: Summary, part: Any, decider: Decider,
+                  valuation: dict[str, bool], burst: tuple[int, float] | None) -> tuple[Witness, ...]:
+        sp = self.space
+        hints = {**cls.hints(), "iif": sp.iface_index[cls.iface_in], "oif": sp.iface_index[cls.iface_out]}
+        out: list[Witness] = []
+        for rect in summary.rects:
+            if len(out) >= self.max_witnesses:
+                break
+            point = rect.point(hints)
+            record = build_witness(cls, point, sp)
+            if self._payload_atoms_differ(cls, state, record, valuation):
+                continue    # a string match that also sees the rewritten header: not this point
+            if not self.confirm_witnesses:
+                out.append(Witness(record, state, None))
+                continue
+            if burst is not None:
+                copies, dropped, v = confirm_burst(self.confirmer, cls, record, burst[0], burst[1], decider)
+                out.append(Witness(dropped, state, v, tuple(copies)))
+            else:
+                v = confirm(self.confirmer, cls, record, state, decider)
+                out.append(Witness(record, state, v))
+        if not out and summary.rects:
+            raise ProofError(f"{cls.side_label}: no witness point of the blocked region keeps the "
+                             "class's payload matches (a string match on header bytes?)")
+        return tuple(out)
+
+    def _payload_atoms_differ(self, cls: PacketClass, state: str, record: PacketRecord,
+                              valuation: dict[str, bool]) -> bool:
+        for atom in self.judge.payload_atoms():
+            if self.judge.probe(atom, record, cls.path, state) != valuation[atom.var]:
+                return True
+        return False
+
+
+def prove(ruleset: Ruleset, profile: EmergencyProfile, *, flows: Sequence[CallFlow] | None = None,
+          space: HeaderSpace | None = None, max_witnesses: int = 2, confirm_witnesses: bool = True,
+          backend: str | None = None, order: str = "field") -> Proof:
+    """Prove that every packet of ``profile`` gets through ``ruleset``, or show what does not."""
+    started = time.perf_counter()
+    if flows is None:
+        from fwtest.traffic.synth import synthesize
+        flows = synthesize(profile)
+    synthesised = time.perf_counter()
+    space = space or HeaderSpace.for_rulesets([ruleset], profile, backend=backend, order=order)
+    classes = classes_for(space, ruleset, profile, flows)
+    pc = ProfileCompile(space, ruleset, profile, classes)
+    compiled_at = time.perf_counter()
+    judge = AtomJudge(space, ruleset, profile)
+    prover = _Prover(ruleset, profile, space, pc, judge, max_witnesses=max_witnesses,
+                     confirm_witnesses=confirm_witnesses)
+    results: list[ClassResult] = []
+    findings: list[ProofFinding] = []
+    for cls in classes:
+        for state in cls.states:
+            valuation = judge.valuation(cls, state)
+            region = pc.region(cls, (state,))
+            blocked = region & ~pc.accept(cls.path, valuation)
+            n_blocked = 0 if blocked == space.false else space.count(blocked)
+            results.append(ClassResult(cls, state, n_blocked, space))
+            if n_blocked:
+                findings.extend(prover.findings_for(cls, state, blocked, valuation))
+    findings.extend(_surge_findings(prover, classes))
+    done = time.perf_counter()
+    stats = {"classes": len(results), "rules": sum(len(c.rules) for c in ruleset.chains.values()),
+             "rules_walked": sum(c.rules_walked for c in pc.compiled.values()),
+             "bdd_nodes": sum(c.accept.dag_size for c in pc.compiled.values()),
+             "backend": space.backend_name,
+             "synth_seconds": round(synthesised - started, 3),
+             "compile_seconds": round(compiled_at - synthesised, 3),
+             "proof_seconds": round(done - compiled_at, 3)}
+    return Proof(ruleset, profile, results, findings, space, pc.compiled, classes, stats)
+
+
+def _surge_findings(prover: _Prover, classes: Sequence[PacketClass]) -> list[ProofFinding]:
+    profile, sp, pc = prover.profile, prover.space, prover.pc
+    surge = profile.surge
+    if surge is None:
+        return []
+    limits = [a for a in sp.atoms.values() if a.kind == "limit"
+              and any(r.id == a.key[0] and r.match.limit == a.key[1] for r in prover.ruleset.rules())]
+    out: list[ProofFinding] = []
+    for atom in limits:
+        limit: LimitMatch = atom.key[1]
+        for cls in classes:
+            if cls.flow != "emergency-call" or cls.window_packets <= 0:
+                continue
+            for state in cls.states:
+                if state not in ("new", "untracked"):
+                    continue
+                valuation = prover.judge.valuation(cls, state)
+                exceeded = {**valuation, atom.var: limit.above}
+                region = pc.region(cls, (state,))
+                lost = region & pc.accept(cls.path, valuation) & ~pc.accept(cls.path, exceeded)
+                if lost == sp.false:
+                    continue
+                count = surge.calls * cls.window_packets
+                if bucket_carries(limit, count, surge.seconds):
+                    continue
+                rule = prover.ruleset.rule(atom.key[0])
+                detail = (f"the surge of {surge.calls} calls in {surge.seconds:g} s brings {count} "
+                          f"{cls.label} packets; {limit.text or 'the limit'} of rule {rule.id} ({rule.source}) "
+                          f"passes {limit.rate:g}/s with a burst of {limit.burst}, so the rest are dropped "
+                          "(judged as if one peer host sent the whole surge)")
+                out.extend(prover.findings_for(cls, state, lost, exceeded, flow="surge", detail=detail,
+                                               burst=(count, surge.seconds)))
+    return out
+
+
+def write_witnesses(result: Any, directory: str | Path) -> list[Path]:
+    """Write the witnesses of a ``Proof`` (its findings) or a ``Diff`` (its regressions) as
+    pcap files, one per finding, in ``directory``; returns the files written.
+
+    Raw-IP pcaps (link type 101) that tcpdump, tshark and Scapy read; a rate-limit
+    finding's file holds the whole burst the engine was fed.
+    """
+    findings = result.regressions if hasattr(result, "regressions") else result.findings
+    directory = Path(directory)
+    written = []
+    for i, f in enumerate(findings, 1):
+        records: list[PacketRecord] = []
+        for w in f.witnesses:
+            records.extend(w.burst or (w.record,))
+        if not records:
+            continue
+        decider = f.candidate if hasattr(f, "candidate") else f.decider
+        parts = [f.flow, f.transport or "", f"ipv{f.family}" if f.family else "", f.label,
+                 decider.id if decider is not None else ""]
+        written.append(write_pcap(directory / witness_file_name(i, [p for p in parts if p]), records))
+    return written

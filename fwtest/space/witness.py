@@ -1,0 +1,243 @@
+"""Witnesses: concrete packets for a blocked region, built with Scapy and confirmed by the engine.
+
+A witness is the class's own template packet (the synthesiser's message,
+payload and all) moved to a point of the blocked region: addresses, ports
+and TCP flags rewritten, checksums redone. The replay engine then judges it,
+with fresh state for a class the rules see as NEW (or untracked), or with
+``explain`` under the class's state (ESTABLISHED, RELATED); the proof only
+reports a witness the engine drops *at the same rule or policy* the proof
+named. Anything else is a bug in one of the two, raised as ``ProofError``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fwtest.engine.verdict import Verdict
+from fwtest.profile import EmergencyProfile
+from fwtest.rules.ir import TCP, UDP, Ruleset
+from fwtest.space.header import HeaderSpace, ProofError
+from fwtest.traffic.record import FIRST_FRAGMENT, LATER_FRAGMENT, PacketRecord, parse_ip
+
+if TYPE_CHECKING:
+    from fwtest.space.classes import PacketClass
+    from fwtest.space.compile import Decider
+
+LINKTYPE_RAW = 101   # pcap link type: the packet starts with the IP header
+
+
+def _addr_bytes(value: int, family: int) -> bytes:
+    return value.to_bytes(4 if family == 4 else 16, "big")
+
+
+def _fold(total: int) -> int:
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _words(data: bytes) -> int:
+    if len(data) & 1:
+        data += b"\x00"
+    return sum(struct.unpack(f"!{len(data) // 2}H", data))
+
+
+def _incremental(checksum: int, old: bytes, new: bytes) -> int:
+    """RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') over the changed words."""
+    total = (~checksum & 0xFFFF) + _words(bytes(~b & 0xFF for b in old)) + _words(new)
+    return ~_fold(total) & 0xFFFF
+
+
+def build_witness(cls: PacketClass, point: dict[str, int], space: HeaderSpace) -> PacketRecord:
+    """The class template moved to ``point`` (a dict of field values), as a record."""
+    from scapy.layers.inet import IP
+    from scapy.layers.inet import TCP as ScapyTCP
+    from scapy.layers.inet import UDP as ScapyUDP
+    from scapy.layers.inet6 import IPv6
+
+    t = cls.template
+    family = t.family
+    src, dst = point["src"], point["dst"]
+    if family == 4:
+        pkt = IP(t.data)
+        pkt.src = str(ipaddress.IPv4Address(src))
+        pkt.dst = str(ipaddress.IPv4Address(dst))
+        del pkt.chksum
+    else:
+        pkt = IPv6(t.data)
+        pkt.src = str(ipaddress.IPv6Address(src))
+        pkt.dst = str(ipaddress.IPv6Address(dst))
+    l4_layer = None
+    if t.frag != LATER_FRAGMENT:
+        if t.proto == UDP and pkt.haslayer(ScapyUDP):
+            l4_layer = pkt[ScapyUDP]
+        elif t.proto == TCP and pkt.haslayer(ScapyTCP):
+            l4_layer = pkt[ScapyTCP]
+    if l4_layer is not None:
+        old_ports = struct.pack("!HH", l4_layer.sport, l4_layer.dport)
+        l4_layer.sport, l4_layer.dport = point["sport"], point["dport"]
+        if t.proto == TCP:
+            l4_layer.flags = point["flags"]
+        if t.frag == FIRST_FRAGMENT:
+            # The UDP checksum covers the whole datagram, which a first fragment
+            # does not carry: update it for the changed words (RFC 1624).
+            old = _addr_bytes(t.src, family) + _addr_bytes(t.dst, family) + old_ports
+            new = _addr_bytes(src, family) + _addr_bytes(dst, family) + struct.pack(
+                "!HH", point["sport"], point["dport"])
+            if l4_layer.chksum:
+                l4_layer.chksum = _incremental(l4_layer.chksum, old, new) or 0xFFFF
+        else:
+            del l4_layer.chksum
+    data = bytes(pkt)
+    iface_in = space.ifaces[point["iif"]] if "iif" in point else cls.iface_in
+    iface_out = space.ifaces[point["oif"]] if "oif" in point else cls.iface_out
+    record = parse_ip(data, t.ts, iface_in, iface_out)
+    if (record.src, record.dst) != (src, dst) or (record.has_ports and (record.sport, record.dport)
+                                                  != (point["sport"], point["dport"])):
+        raise ProofError(f"witness built for {point} parses as {record.short()}")
+    return record
+
+
+def sip_helper_ports(profile: EmergencyProfile) -> tuple[int, ...]:
+    """Ports the kernel's SIP helper watches: the cleartext SIP ports (it cannot read TLS)."""
+    return tuple(sorted({port for transport, port in profile.sip.items() if transport != "tls"}))
+
+
+class Confirmer:
+    """The engine's verdicts on witness packets of one ruleset.
+
+    NEW and untracked packets meet a fresh stateful engine, exactly as such a
+    packet meets the firewall. Compiling the engine costs more than judging a
+    packet, so one engine is compiled per ruleset and each witness is fed
+    ``gap`` seconds after the previous one: longer than every conntrack,
+    expectation and reassembly timeout, and long enough for every token
+    bucket to fill up again, so each witness finds the state of a fresh
+    engine, whatever the packets before it left behind. ESTABLISHED
+    and RELATED packets need a connection the engine would have to be led
+    through first; ``explain`` walks them under that state instead.
+    """
+
+    def __init__(self, ruleset: Ruleset, profile: EmergencyProfile) -> None:
+        self.ruleset = ruleset
+        self.profile = profile
+        self._engine: Any = None
+        self._clock = 0.0
+        longest = max([float(v) for v in ruleset.conntrack.timeouts.values()] + [SIP_TIMEOUT_S, 600.0])
+        refill = max([r.match.limit.burst / r.match.limit.rate for r in ruleset.rules()
+                      if r.match.limit is not None and r.match.limit.rate > 0] + [0.0])
+        self.gap = 2 * (longest + refill) + 1.0
+
+    def _fresh(self) -> Any:
+        from fwtest.engine import Engine
+
+        if self._engine is None:
+            self._engine = Engine(self.ruleset, native_hook=self.profile.firewall,
+                                  sip_ports=sip_helper_ports(self.profile))
+        return self._engine
+
+    def verdict(self, cls: PacketClass, record: PacketRecord, state: str) -> Verdict:
+        from fwtest.engine import explain
+
+        if state not in ("new", "untracked"):
+            return explain(self.ruleset, record, path=cls.path, state=state, native_hook=self.profile.firewall,
+                           helper=cls.helper).verdict
+        engine = self._fresh()
+        self._clock += self.gap
+        v = engine.verdict(record._replace(ts=self._clock), cls.path)
+        if v is None:   # a fragment held for reassembly: judge it alone, as replay does
+            self._engine = None
+            return replay_one(self.ruleset, self.profile, cls, record)
+        return v
+
+    def burst(self, cls: PacketClass, copies: Sequence[PacketRecord]) -> list[Verdict]:
+        """Verdicts for ``copies`` (time-spread copies of one packet) on a fresh engine."""
+        engine = self._fresh()
+        self._clock += self.gap
+        start = self._clock
+        out = []
+        for c in copies:
+            v = engine.verdict(c._replace(ts=start + (c.ts - copies[0].ts)), cls.path)
+            if v is None:
+                raise ProofError(f"surge witness {c.short()} is a fragment: not judged alone")
+            out.append(v)
+        self._clock = start + (copies[-1].ts - copies[0].ts)
+        return out
+
+
+SIP_TIMEOUT_S = 3600.0
+
+
+def replay_one(ruleset: Ruleset, profile: EmergencyProfile, cls: PacketClass, record: PacketRecord) -> Verdict:
+    from fwtest.engine import replay
+
+    return replay(ruleset, [record], cls.path, native_hook=profile.firewall,
+                  sip_ports=sip_helper_ports(profile))[0]
+
+
+def engine_verdict(ruleset: Ruleset, profile: EmergencyProfile, cls: PacketClass, record: PacketRecord,
+                   state: str) -> Verdict:
+    """The engine's verdict on ``record`` as a packet of ``cls`` seen in ``state`` (one-off)."""
+    from fwtest.engine import explain
+
+    if state in ("new", "untracked"):
+        return replay_one(ruleset, profile, cls, record)
+    return explain(ruleset, record, path=cls.path, state=state, native_hook=profile.firewall,
+                   helper=cls.helper).verdict
+
+
+def same_decider(v: Verdict, decider: Decider) -> bool:
+    if decider.rule is not None:
+        return v.rule is not None and v.rule.id == decider.rule.id
+    return v.rule is None and decider.chain is not None and v.source == decider.chain.source
+
+
+def confirm(confirmer: Confirmer, cls: PacketClass, record: PacketRecord, state: str,
+            decider: Decider) -> Verdict:
+    """The engine's verdict, which must drop ``record`` where the proof says; else ProofError."""
+    v = confirmer.verdict(cls, record, state)
+    if v.accepted or not same_decider(v, decider):
+        raise ProofError(f"witness not confirmed: {record.short()} ({cls.side_label}, state {state}): "
+                         f"the proof says {decider.describe()}, the engine says {said(v)}")
+    return v
+
+
+def said(v: Verdict) -> str:
+    return f"{v.verdict} by {v.rule.id if v.rule else v.reason or v.source}"
+
+
+def confirm_burst(confirmer: Confirmer, cls: PacketClass, record: PacketRecord, count: int, seconds: float,
+                  decider: Decider) -> tuple[list[PacketRecord], PacketRecord, Verdict]:
+    """Replay ``count`` copies of ``record`` spread evenly over ``seconds``; the engine must drop
+    one of them at ``decider``. Returns the copies, the first copy dropped there and its verdict."""
+    copies = [record._replace(ts=record.ts + i * seconds / count) for i in range(count)]
+    for copy, v in zip(copies, confirmer.burst(cls, copies), strict=True):
+        if not v.accepted and same_decider(v, decider):
+            return copies, copy, v
+    raise ProofError(f"surge witness not confirmed: {count} copies of {record.short()} in {seconds:g} s "
+                     f"all pass the engine, but the proof says {decider.describe()} drops some")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "packet"
+
+
+def write_pcap(path: str | Path, records: Iterable[PacketRecord]) -> Path:
+    """Raw-IP pcap of ``records`` (Scapy's pcap writer, link type RAW: the bytes are IP)."""
+    from scapy.utils import PcapWriter
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with PcapWriter(str(path), linktype=LINKTYPE_RAW, sync=True) as w:
+        w.write_header(None)
+        for r in records:
+            w.write_packet(r.data, sec=int(r.ts), usec=int((r.ts % 1) * 1e6))
+    return path
+
+
+def witness_file_name(index: int, parts: Sequence[Any]) -> str:
+    return f"{index:03d}-" + "-".join(_slug(str(p)) for p in parts) + ".pcap"

@@ -8,8 +8,8 @@ The CLI is a thin shell over this module.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from fwtest.profile import EmergencyProfile, load_profile
 from fwtest.rules import load_ruleset
 from fwtest.rules.ir import Ruleset, Source
 from fwtest.traffic.callflow import CallFlow
+from fwtest.traffic.record import PacketRecord
 
 RulesetLike = Ruleset | Mapping[str, Any] | str | Path | Sequence[str | Path]
 ProfileLike = EmergencyProfile | Mapping[str, Any] | str | Path
@@ -38,6 +39,7 @@ class Finding:
     transport: str | None = None
     family: int | None = None
     detail: str = ""             # where the flow broke, in words
+    extra: dict = field(default_factory=dict, compare=False)   # evidence-specific keys (region, witnesses...)
 
     def to_json(self) -> dict:
         out = {"kind": self.kind, "flow": self.flow, "message": self.message, "packet": self.packet,
@@ -48,7 +50,16 @@ class Finding:
             out["family"] = self.family
         if self.detail:
             out["detail"] = self.detail
+        out.update(self.extra)
         return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> Finding:
+        """A finding from the proof's JSON objects (``fwtest.space``): contract keys, the rest as extra."""
+        known = ("kind", "flow", "message", "packet", "rule", "evidence", "transport", "family", "detail")
+        return cls(data["kind"], data["flow"], data["message"], data.get("packet"), data.get("rule"),
+                   data["evidence"], data.get("transport"), data.get("family"), data.get("detail", ""),
+                   {k: v for k, v in data.items() if k not in known})
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,9 @@ class Report:
     stats: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)       # what the reader must know (e.g. no baseline at REV)
     baseline_report: Report | None = None                # the baseline's own check, for diff views
+    analysis: dict | None = None                         # load-bearing / shadowed / redundant rules
+    proof: object | None = field(default=None, repr=False)      # fwtest.space.Proof, for witnesses
+    diff: object | None = field(default=None, repr=False)       # fwtest.space.Diff against the baseline
 
     @property
     def result(self) -> str:
@@ -99,6 +113,8 @@ class Report:
                "stats": self.stats}
         if self.notes:
             out["notes"] = self.notes
+        if self.analysis is not None:
+            out["analysis"] = self.analysis
         return out
 
 
@@ -119,40 +135,69 @@ def where(verdict: Verdict | None) -> Source | None:
     return None if verdict is None else verdict.source
 
 
-def replay_flows(ruleset: Ruleset, profile: EmergencyProfile,
-                 flows: Sequence[CallFlow]) -> list[FlowOutcome]:
-    """Judge every synthetic flow through the model.
+Runner = Callable[[Sequence[PacketRecord], Sequence[str]], list[Verdict]]
+
+
+def replay_flows(ruleset: Ruleset, profile: EmergencyProfile, flows: Sequence[CallFlow],
+                 runner: Runner | None = None) -> list[FlowOutcome]:
+    """Judge every synthetic flow through the model (or through ``runner``).
 
     Each flow starts from a fresh firewall (empty conntrack table, full token
     buckets): a callback hours after the call finds no state to ride on, and
     that is the case the path must survive. Surge calls are the exception:
     they share one firewall and one timeline, since a surge is exactly many
-    calls meeting the same rate limits at once.
+    calls meeting the same rate limits at once. ``runner(records, directions)``
+    gives one verdict per record from a fresh firewall (the kernel oracle).
     """
-    from fwtest.engine import replay
-
-    hooks = profile.hooks()
-    sip_ports = sip_helper_ports(profile)
+    if runner is None:
+        runner = model_runner(ruleset, profile)
     outcomes: dict[int, FlowOutcome] = {}
     surge = [i for i, f in enumerate(flows) if f.flow == "surge"]
     for i, flow in enumerate(flows):
-        if flow.flow == "surge":
-            continue
-        verdicts = replay(ruleset, [s.record for s in flow.steps],
-                          [hooks[s.direction] for s in flow.steps],
-                          native_hook=profile.firewall, sip_ports=sip_ports)
-        outcomes[i] = judge(flow, verdicts)
+        if flow.flow != "surge":
+            outcomes[i] = judge(flow, runner([s.record for s in flow.steps], [s.direction for s in flow.steps]))
     if surge:
         timeline = sorted(((s.record.ts, i, j) for i in surge for j, s in enumerate(flows[i].steps)))
-        verdicts = replay(ruleset, [flows[i].steps[j].record for _, i, j in timeline],
-                          [hooks[flows[i].steps[j].direction] for _, i, j in timeline],
-                          native_hook=profile.firewall, sip_ports=sip_ports)
+        verdicts = runner([flows[i].steps[j].record for _, i, j in timeline],
+                          [flows[i].steps[j].direction for _, i, j in timeline])
         per_flow: dict[int, list] = {i: [None] * len(flows[i].steps) for i in surge}
         for (_, i, j), v in zip(timeline, verdicts, strict=True):
             per_flow[i][j] = v
         for i in surge:
             outcomes[i] = judge(flows[i], per_flow[i])
     return [outcomes[i] for i in range(len(flows))]
+
+
+def model_runner(ruleset: Ruleset, profile: EmergencyProfile, *, compress: bool = False) -> Runner:
+    """The engine as a runner; ``compress`` replays on the kernel oracle's back-to-back timeline."""
+    from fwtest.engine import replay
+
+    hooks = profile.hooks()
+    sip_ports = sip_helper_ports(profile)
+
+    def run(records: Sequence[PacketRecord], directions: Sequence[str]) -> list[Verdict]:
+        if compress:
+            from fwtest.oracle import compress_timeline
+            records = compress_timeline(records)
+        return replay(ruleset, records, [hooks[d] for d in directions],
+                      native_hook=profile.firewall, sip_ports=sip_ports)
+    return run
+
+
+def kernel_disagreements(flows: Sequence[CallFlow], model: Sequence[FlowOutcome],
+                         kernel: Sequence[FlowOutcome]) -> list[Finding]:
+    """Every packet on which the model and the kernel disagree: a bug in one of them, so a failure."""
+    out = []
+    for flow, m, k in zip(flows, model, kernel, strict=True):
+        for step, mv, kv in zip(flow.steps, m.verdicts, k.verdicts, strict=True):
+            if mv.verdict != kv.verdict:
+                out.append(Finding(
+                    "blocked", flow.flow, step.label, step.record.describe(), rule_ref(mv), "kernel",
+                    flow.transport, flow.family,
+                    f"model and kernel disagree: model {mv.verdict}, kernel {kv.verdict} ({kv.reason}); "
+                    f"{flow.instance}"))
+                break  # the first disagreement of a flow; later packets follow from it
+    return out
 
 
 def sip_helper_ports(profile: EmergencyProfile) -> tuple[int, ...]:
@@ -167,7 +212,7 @@ def group(outcomes: Sequence[FlowOutcome]) -> list[FlowResult]:
     return [FlowResult(flow, transport, family, tuple(os)) for (flow, transport, family), os in rows.items()]
 
 
-def replay_findings(rows: Sequence[FlowResult]) -> list[Finding]:
+def replay_findings(rows: Sequence[FlowResult], evidence: str = "replay") -> list[Finding]:
     findings = []
     for row in rows:
         bad = row.first_failure
@@ -175,7 +220,7 @@ def replay_findings(rows: Sequence[FlowResult]) -> list[Finding]:
             continue
         findings.append(Finding(
             kind="blocked", flow=row.flow, message=bad.first_dead.label,
-            packet=bad.first_dead.record.describe(), rule=rule_ref(bad.verdict), evidence="replay",
+            packet=bad.first_dead.record.describe(), rule=rule_ref(bad.verdict), evidence=evidence,
             transport=row.transport, family=row.family,
             detail=f"{bad.broke} ({len(row.failed)}/{len(row.outcomes)} instances; {bad.flow.instance})"))
     return findings
@@ -232,32 +277,83 @@ def regression_findings(rows: Sequence[FlowResult], base_rows: Sequence[FlowResu
     return out
 
 
+def proof_findings(proof) -> list[Finding]:
+    """The proof's findings, one per flow row (the earliest packet of the flow that dies)."""
+    out = []
+    for pf in proof.first_per_flow():
+        f = Finding.from_json(pf.to_json())
+        region = "; ".join(pf.region_text())
+        detail = f"{f.detail + ': ' if f.detail else ''}blocked region {region}" if region else f.detail
+        out.append(replace(f, detail=detail))
+    return out
+
+
 def check(ruleset: RulesetLike, profile: ProfileLike, *, baseline: RulesetLike | Sequence[str] | None = None,
-          traces: Sequence[str | Path] = (), seed: int = 0) -> Report:
-    """Run the emergency profile through the ruleset; the report says pass or fail and why."""
+          traces: Sequence[str | Path] = (), seed: int = 0, proof: bool = True,
+          analysis: bool = True, engine: str = "model") -> Report:
+    """Run the emergency profile through the ruleset; the report says pass or fail and why.
+
+    Evidence: replay of the synthetic calls (always), the symbolic proof over
+    the whole profile (``proof``), captures (``traces``), and against a
+    ``baseline`` both a replay comparison and the exact symbolic diff.
+    """
     from fwtest.traffic.synth import synthesize
 
+    if engine not in ("model", "kernel", "both"):
+        raise InputError("--engine", 0, f"engine is model, kernel or both, not {engine!r}")
+    timings: dict[str, float] = {}
     started = time.perf_counter()
     rs = load_ruleset(ruleset)
     prof = profile if isinstance(profile, EmergencyProfile) else load_profile(profile)
     flows = synthesize(prof, seed=seed)
-    synthesized = time.perf_counter()
-    rows = group(replay_flows(rs, prof, flows))
-    findings = replay_findings(rows)
-    done = time.perf_counter()
+    timings["synth_seconds"] = time.perf_counter() - started
+    mark = time.perf_counter()
+    disagreements: list[Finding] = []
+    if engine == "model":
+        outcomes = replay_flows(rs, prof, flows)
+    else:
+        from fwtest.oracle import KernelFirewall, kernel_unavailable
+
+        why = kernel_unavailable()
+        if why:
+            raise InputError("--engine", 0, f"the kernel engine cannot run here: {why}")
+        with KernelFirewall(rs, firewall=prof.firewall, interfaces=prof.interfaces,
+                            sip_ports=sip_helper_ports(prof)) as firewall:
+            outcomes = replay_flows(rs, prof, flows, firewall.replay)
+        if engine == "both":
+            # The kernel meets the packets back to back (no timeouts, no token refill):
+            # the model is asked the same question on the same timeline.
+            model = replay_flows(rs, prof, flows, model_runner(rs, prof, compress=True))
+            disagreements = kernel_disagreements(flows, model, outcomes)
+    rows = group(outcomes)
+    findings = replay_findings(rows, "replay" if engine == "model" else "kernel") + disagreements
+    timings["replay_seconds"] = time.perf_counter() - mark
     report = Report(
         ruleset=", ".join(rs.files) or rs.name, profile=prof.name, flows=rows, findings=findings,
         stats={"flows": len(rows), "calls": len(flows), "packets": sum(len(f.steps) for f in flows),
-               "synth_seconds": round(synthesized - started, 3),
-               "replay_seconds": round(done - synthesized, 3)})
+               "engine": engine})
+    if proof or analysis:
+        from fwtest import space  # imported here: dd costs ~0.2 s at start-up
+
+        mark = time.perf_counter()
+        if proof:
+            report.proof = space.prove(rs, prof, flows=flows)
+            report.findings.extend(proof_findings(report.proof))
+            report.stats["proof_classes"] = len(report.proof.results)
+        if analysis:
+            report.analysis = space.analyze(rs, prof, flows=flows).to_json()
+        timings["proof_seconds"] = time.perf_counter() - mark
     if traces:
         from fwtest.replay import replay_capture, trace_findings
 
+        mark = time.perf_counter()
         replays = [replay_capture(rs, pcap, prof) for pcap in traces]
         report.findings.extend(trace_findings(replays, prof))
         report.stats["trace_packets"] = sum(r.packets for r in replays)
         report.stats["trace_calls"] = sum(len(r.reconstruction.calls) for r in replays)
+        timings["trace_seconds"] = time.perf_counter() - mark
     if baseline:
+        mark = time.perf_counter()
         base_rs, label, notes = load_baseline(baseline, ruleset)
         report.baseline = label
         report.notes.extend(notes)
@@ -266,4 +362,12 @@ def check(ruleset: RulesetLike, profile: ProfileLike, *, baseline: RulesetLike |
             report.baseline_report = Report(ruleset=label, profile=prof.name, flows=base_rows,
                                             findings=replay_findings(base_rows))
             report.findings = regression_findings(rows, base_rows, report.findings)
+            if proof:
+                from fwtest import space
+
+                report.diff = space.diff(base_rs, rs, prof, flows=flows)
+                report.findings.extend(Finding.from_json(c.to_json()) for c in report.diff.changes
+                                       if c.kind in ("regression", "warning"))
+        timings["baseline_seconds"] = time.perf_counter() - mark
+    report.stats.update({k: round(v, 3) for k, v in timings.items()})
     return report

@@ -43,6 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write a report to FILE, in the format its extension names "
                             "(.sarif .xml .html .json .txt); repeatable")
     check.add_argument("--seed", type=int, default=0, help="seed of the synthetic traffic (default 0)")
+    _engine_arg(check)
+    check.add_argument("--no-proof", action="store_true",
+                       help="replay evidence only: skip the symbolic proof and the rule analysis")
+    check.add_argument("--witness-dir", metavar="DIR",
+                       help="write the proof's witness packets (and the diff's) as pcap files here")
+
+    diff = sub.add_parser("diff", help="what a change does to the emergency path (exact, symbolic)")
+    diff.add_argument("base", metavar="BASE", help="the ruleset before the change (file or git:REV:path)")
+    diff.add_argument("candidate", metavar="CANDIDATE", help="the ruleset after the change")
+    _profile_arg(diff)
+    diff.add_argument("--format", choices=["table", "json"], default="table")
+    diff.add_argument("--witness-dir", metavar="DIR", help="write witness packets as pcap files here")
+
+    export = sub.add_parser("export", help="a ruleset as an iptables-restore or nft -f script")
+    export.add_argument("rules", nargs="+", metavar="RULES")
+    export.add_argument("--to", choices=["iptables", "ip6tables", "nft"], required=True)
+    _profile_arg(export)
 
     explain = sub.add_parser("explain", help="rule-by-rule walk of one packet")
     explain.add_argument("rules", metavar="RULES")
@@ -62,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("-o", "--output", metavar="OUT.pcap", required=True)
     synth.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _engine_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["model", "kernel", "both"], default="model",
+                   help="model: fwtest's engine; kernel: real netfilter in network namespaces (Linux, root); "
+                        "both: run both and fail on any disagreement")
 
 
 def _profile_arg(p: argparse.ArgumentParser) -> None:
@@ -111,8 +134,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not baseline and config is not None and config.baseline:
             baseline = [config.baseline]
         traces = args.trace or list(entry.traces) or (list(config.traces) if config else [])
-        report = check(list(entry.rules), profile, baseline=baseline or None, traces=traces, seed=args.seed)
+        report = check(list(entry.rules), profile, baseline=baseline or None, traces=traces, seed=args.seed,
+                       proof=not args.no_proof, analysis=not args.no_proof, engine=args.engine)
         reports.append(report)
+        if args.witness_dir:
+            from fwtest.space import write_witnesses
+            for found in (report.proof, report.diff):
+                if found is not None:
+                    write_witnesses(found, args.witness_dir)
         baselines.append(report.baseline_report)
 
     outputs = args.output or (list(config.outputs) if config and not args.format else [])
@@ -179,7 +208,49 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
-COMMANDS = {"check": cmd_check, "explain": cmd_explain, "replay": cmd_replay, "synth": cmd_synth}
+def cmd_diff(args: argparse.Namespace) -> int:
+    from fwtest.api import load_baseline
+    from fwtest.report.diff import render_diff
+    from fwtest.rules import load_ruleset
+    from fwtest.space import diff, write_witnesses
+
+    profile = _profile(args.profile)
+    base, label, notes = load_baseline([args.base], args.candidate)
+    if base is None:
+        raise InputError(args.base, 0, "; ".join(notes) or "no baseline")
+    candidate = load_ruleset(args.candidate)
+    result = diff(base, candidate, profile)
+    if args.witness_dir:
+        write_witnesses(result, args.witness_dir)
+    sys.stdout.write(render_diff(result, label, args.candidate, args.format))
+    return 0 if result.passed else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fwtest.rules import load_ruleset
+    from fwtest.rules.export import to_iptables, to_nft
+
+    ruleset = load_ruleset(args.rules)
+    profile = None
+    try:
+        profile = _profile(args.profile)
+    except InputError:
+        if args.profile:
+            raise
+    hook = profile.firewall if profile else "forward"
+    sip_ports = tuple(p for t, p in profile.sip.items() if t != "tls") if profile else (5060,)
+    if args.to == "nft":
+        sys.stdout.write(to_nft(ruleset, native_hook=hook, sip_ports=sip_ports))
+        return EXIT_PASS
+    scripts = to_iptables(ruleset, native_hook=hook, sip_ports=sip_ports)
+    family = 6 if args.to == "ip6tables" else 4
+    if family not in scripts:
+        raise InputError(args.rules[0], 0, f"the ruleset has no IPv{family} rules for {args.to}")
+    sys.stdout.write(scripts[family])
+    return EXIT_PASS
+
+
+COMMANDS = {"check": cmd_check, "diff": cmd_diff, "export": cmd_export, "explain": cmd_explain, "replay": cmd_replay, "synth": cmd_synth}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

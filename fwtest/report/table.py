@@ -52,12 +52,16 @@ def render_table(report: Report, *, colour: bool = False) -> str:
     lines.append("")
     lines.append(tabulate(rows, headers=["Flow", "Transport", "Family", "Result", "Where it broke",
                                          "Packet that died", "Killed by"], tablefmt="simple"))
-    other = [f for f in report.findings if f.evidence != "replay" or f.kind != "blocked"]
+    other = [f for f in report.findings if f.evidence not in ("replay", "kernel") or f.kind != "blocked"]
     if other:
         lines += ["", "Findings:"]
         for f in other:
             lines.append(f"  {f.kind.upper()} [{f.evidence}] {f.flow}: {f.message}"
                          f"{' - ' + f.detail if f.detail else ''}  {rule_label(f.rule)}")
+    if report.analysis is not None:
+        lines += ["", *analysis_lines(report.analysis)]
+    for note in report.notes:
+        lines.append(f"note: {note}")
     lines.append("")
     blocked = sum(not r.passed for r in report.flows)
     verdict = (_paint("PASS", "1;32", colour) + ": the emergency path is intact"
@@ -69,8 +73,21 @@ def render_table(report: Report, *, colour: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+def analysis_lines(analysis: dict) -> list[str]:
+    """Rule analysis in a few lines: what the path leans on, and dead weight."""
+    def names(notes: list[dict]) -> str:
+        return ", ".join(f"{n['id']} (line {n['line']})" for n in notes) or "none"
+
+    out = [f"Load-bearing rules (the path breaks without them): {names(analysis['load_bearing'])}"]
+    if analysis["shadowed"]:
+        out.append(f"Shadowed rules (never decide a packet): {names(analysis['shadowed'])}")
+    if analysis["redundant"]:
+        out.append(f"Redundant rules (removing them changes nothing): {names(analysis['redundant'])}")
+    return out
+
+
 def _rule_of(findings: list[Finding], flow: str, transport: str, family: int) -> dict | None:
     for f in findings:
-        if f.flow == flow and f.transport == transport and f.family == family and f.evidence == "replay":
+        if f.flow == flow and f.transport == transport and f.family == family and f.evidence in ("replay", "kernel"):
             return f.rule
     return None

@@ -325,6 +325,10 @@ def check(ruleset: RulesetLike, profile: ProfileLike, *, baseline: RulesetLike |
             # the model is asked the same question on the same timeline.
             model = replay_flows(rs, prof, flows, model_runner(rs, prof, compress=True))
             disagreements = kernel_disagreements(flows, model, outcomes)
+            # Where they agree, the model knows which rule decided (the kernel does not say).
+            outcomes = [judge(flow, [mv if mv.verdict == kv.verdict else kv
+                                     for mv, kv in zip(m.verdicts, k.verdicts, strict=True)])
+                        for flow, m, k in zip(flows, model, outcomes, strict=True)]
     rows = group(outcomes)
     findings = replay_findings(rows, "replay" if engine == "model" else "kernel") + disagreements
     timings["replay_seconds"] = time.perf_counter() - mark

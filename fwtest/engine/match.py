@@ -192,6 +192,8 @@ def _port_test(m: PortMatch, which: str) -> tuple[Test, WhyNot]:
         port = p.sport if which == "sport" else p.dport
         if port < 0:
             return f"{which} match needs ports: {_no_ports_reason(p)}"
+        if p.frag == LATER_FRAGMENT:
+            port = f"{port} (a later fragment: the bytes nf_tables reads as {which})"
         if negated:
             return f"{which} {port} is in {text} (negated match)"
         return f"{which} {port} not in {text}"

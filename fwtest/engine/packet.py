@@ -9,9 +9,11 @@ most once, and only if a rule or the SIP helper asks for it.
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
-from fwtest.traffic.record import PacketRecord
+from fwtest.rules.ir import PORT_PROTOCOLS
+from fwtest.traffic.record import LATER_FRAGMENT, PacketRecord
 from fwtest.traffic.sipmsg import SipMessage, parse_sip
 
 if TYPE_CHECKING:
@@ -22,6 +24,25 @@ if TYPE_CHECKING:
 # locally generated packets.
 HOOK_SEES_IN = {"prerouting": True, "input": True, "forward": True, "output": False, "postrouting": False}
 HOOK_SEES_OUT = {"prerouting": False, "input": False, "forward": True, "output": True, "postrouting": True}
+
+
+def later_fragment_ports(record: PacketRecord) -> tuple[int, int]:
+    """The "ports" nf_tables reads from a non-first fragment.
+
+    nf_tables (and iptables-nft, which compiles ``-p udp --dport`` to the
+    same payload loads) evaluates transport-header matches on non-first
+    fragments at the transport offset it computed: for IPv4 just after the
+    IP header, i.e. the fragment's first data bytes; for IPv6,
+    ipv6_find_hdr() returns early on a non-first fragment and leaves the
+    offset at 0, so the "ports" are the first four bytes of the IPv6 header
+    (sport 0x6000 | traffic class, dport the low half of the flow label).
+    Legacy xt_tcpudp never matches fragments; the kernel here runs
+    nf_tables. Found by the kernel oracle: tests/oracle/test_regressions.py.
+    """
+    offset = record.l4_offset if record.family == 4 else 0
+    if len(record.data) < offset + 4:
+        return -1, -1
+    return struct.unpack_from("!HH", record.data, offset)
 
 
 class PacketView:
@@ -41,6 +62,8 @@ class PacketView:
         self.proto = record.proto
         self.sport = record.sport
         self.dport = record.dport
+        if record.frag == LATER_FRAGMENT and record.proto in PORT_PROTOCOLS:
+            self.sport, self.dport = later_fragment_ports(record)
         self.tcp_flags = record.tcp_flags
         self.frag = record.frag
         self.data = record.data

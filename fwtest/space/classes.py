@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fwtest.engine.packet import later_fragment_ports
 from fwtest.profile import EmergencyProfile, Network
-from fwtest.rules.ir import TCP, UDP, Ruleset
+from fwtest.rules.ir import PORT_PROTOCOLS, TCP, UDP, Ruleset
 from fwtest.space.header import HeaderSpace, ProofError
 from fwtest.traffic.callflow import CallFlow, FlowStep
 from fwtest.traffic.record import (
@@ -110,6 +111,8 @@ class PacketClass:
         out = {"src": t.src, "dst": t.dst}
         if t.has_ports:
             out["sport"], out["dport"] = t.sport, t.dport
+        elif t.frag == LATER_FRAGMENT and t.proto in PORT_PROTOCOLS:
+            out["sport"], out["dport"] = later_fragment_ports(t)
         return out
 
 
@@ -347,7 +350,9 @@ def _classify(profile: EmergencyProfile, ruleset: Ruleset, flow: CallFlow, unit:
     def made(states: tuple[str, ...], helper: str | None) -> PacketClass:
         mkey = (flow.flow, flow.transport, unit.step.direction, label, unit.frag, r.proto, r.tcp_flags,
                 r.family, r.has_ports, from_origin, states, helper, note,
-                r.sport & 1 if media else None, r.dport & 1 if media else None)
+                r.sport & 1 if media else None, r.dport & 1 if media else None,
+                # each later fragment's pseudo-ports are its own bytes: one class per value
+                later_fragment_ports(r) if unit.frag == "later" and r.proto in PORT_PROTOCOLS else None)
         got = memo.get(mkey)
         if got is None:
             got = _make_class(profile, flow, unit, states, note, helper, hooks, from_origin)
@@ -434,6 +439,12 @@ def _make_class(profile: EmergencyProfile, flow: CallFlow, unit: _Unit, states: 
     sport = dport = None
     if r.has_ports:
         sport, dport = _generalise_ports(profile, flow.transport, r, direction, media, from_origin)
+    elif r.frag == LATER_FRAGMENT and r.proto in PORT_PROTOCOLS:
+        # The bytes nf_tables reads as this fragment's ports come from the
+        # message (IPv4) or the IPv6 header: decided on the profile's own
+        # packet, like string and sip matches.
+        pseudo_sport, pseudo_dport = later_fragment_ports(r)
+        sport, dport = (pseudo_sport, pseudo_sport, None), (pseudo_dport, pseudo_dport, None)
     flags = r.tcp_flags if r.proto == TCP and r.frag != LATER_FRAGMENT else None
     return PacketClass(
         flow=flow.flow, transport=flow.transport, family=r.family, label=label, direction=direction,

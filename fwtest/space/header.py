@@ -19,8 +19,8 @@ proto     8      transport protocol number
 flags     6      TCP flags FIN SYN RST PSH ACK URG (0 unless a TCP header is seen)
 src/dst   128    address; an IPv4 address is its 32-bit value with the 96 upper
                  bits zero, told apart from IPv6 ``::a.b.c.d`` by ``fam``
-sport     16     ports (0 when the packet has none: other protocols, later
-dport     16     fragments; a port match never matches those, as in netfilter);
+sport     16     ports (0 when the packet has none: other protocols; a later
+dport     16     fragment has the bytes nf_tables reads as its ports);
                  an ICMP/ICMPv6 header's type and code live here too (an ICMP
                  packet has no ports, so the two never meet)
 ========  =====  =============================================================
@@ -173,7 +173,10 @@ class HeaderSpace:
         for p in PORT_PROTOCOLS:
             protos |= self.eq("proto", p)
         later = self.eq("frag", LATER_FRAGMENT)
-        self._has_ports = protos & ~later
+        # nf_tables reads "ports" from non-first fragments too (the bytes at the
+        # transport offset it computed: fwtest.engine.packet.later_fragment_ports),
+        # so a later fragment of a port protocol has port values like any packet.
+        self._has_ports = protos
         self._has_tcp_header = self.eq("proto", TCP) & ~later
         self._has_icmp_header = ((self.eq("fam", 0) & self.eq("proto", 1))
                                  | (self.eq("fam", 1) & self.eq("proto", 58))) & ~later

@@ -18,9 +18,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fwtest.engine.packet import later_fragment_ports
 from fwtest.engine.verdict import Verdict
 from fwtest.profile import EmergencyProfile
-from fwtest.rules.ir import TCP, UDP, Ruleset
+from fwtest.rules.ir import PORT_PROTOCOLS, TCP, UDP, Ruleset
 from fwtest.space.header import HeaderSpace, ProofError
 from fwtest.traffic.record import FIRST_FRAGMENT, LATER_FRAGMENT, PacketRecord, parse_ip
 
@@ -97,8 +98,11 @@ def build_witness(cls: PacketClass, point: dict[str, int], space: HeaderSpace) -
     iface_in = space.ifaces[point["iif"]] if "iif" in point else cls.iface_in
     iface_out = space.ifaces[point["oif"]] if "oif" in point else cls.iface_out
     record = parse_ip(data, t.ts, iface_in, iface_out)
-    if (record.src, record.dst) != (src, dst) or (record.has_ports and (record.sport, record.dport)
-                                                  != (point["sport"], point["dport"])):
+    ports: tuple[int, int] | None = (record.sport, record.dport) if record.has_ports else None
+    if record.frag == LATER_FRAGMENT and record.proto in PORT_PROTOCOLS:
+        ports = later_fragment_ports(record)    # the message's own bytes: the class pinned them
+    if (record.src, record.dst) != (src, dst) or (ports is not None
+                                                  and ports != (point["sport"], point["dport"])):
         raise ProofError(f"witness built for {point} parses as {record.short()}")
     return record
 

@@ -51,8 +51,17 @@ def test_ports_never_match_packets_without_ports_even_negated():
     neg = PortMatch(((5060, 5060),), negated=True)
     assert matches(udp(P, 1, S, 80), dport=neg)
     assert not matches(icmp(P, S, 8), dport=neg)
+
+
+def test_later_fragments_match_ports_on_the_bytes_nf_tables_reads():
+    # nf_tables reads a non-first IPv4 fragment's first data bytes as ports
+    # ("xx" = 0x7878 = 30840): a negated port match hits it, as in the kernel
+    # (tests/oracle/test_regressions.py pins the kernel side).
+    neg = PortMatch(((5060, 5060),), negated=True)
     later = frag_records(ip(P, S, 17, udp_segment(1, 80, b"x" * 100)), 64)[1]
-    assert not matches(later, dport=neg) and not matches(later, sport=neg)
+    assert matches(later, dport=neg) and matches(later, sport=neg)
+    assert matches(later, dport=PortMatch(((30840, 30840),)))
+    assert not matches(later, dport=PortMatch(((80, 80),)))
 
 
 def test_port_ranges_and_lists():

@@ -19,12 +19,10 @@ import yaml
 from hypothesis import HealthCheck, given, reject, settings
 from oracle_cases import SIP_PORT, Case, cases
 
-from fwtest.engine import Verdict, replay
+from fwtest.engine import replay
 from fwtest.errors import InputError
 from fwtest.oracle import KernelFirewall, ruleset_scripts, uses_conntrack
-from fwtest.rules.ir import Ruleset
 from fwtest.rules.native import ruleset_from_dict
-from fwtest.traffic.record import LATER_FRAGMENT, PacketRecord
 
 pytestmark = pytest.mark.kernel
 
@@ -39,16 +37,10 @@ def kernel_firewall():
         yield fw
 
 
-def later_fragment_ports(ruleset: Ruleset, rec: PacketRecord, model: Verdict, kernel: Verdict) -> bool:
-    """test_regressions.py::test_later_fragment_port_match_reads_other_bytes"""
-    return (rec.frag == LATER_FRAGMENT and not uses_conntrack(ruleset)
-            and any(r.match.sport or r.match.dport for r in ruleset.rules()))
-
-
 # Engine gaps found by this test and reported, each pinned by a strict xfail in
 # test_regressions.py: a disagreement they explain is counted (and printed at
 # the end of the run), not failed. Remove an entry when the engine is fixed.
-KNOWN_GAPS = {"later-fragment-ports": later_fragment_ports}
+KNOWN_GAPS: dict = {}
 
 
 def disagreements(case: Case, fw: KernelFirewall, backend: str, counter: dict) -> tuple[list[str], int]:

@@ -36,8 +36,6 @@ def later_fragment_case(family: int, rule: dict) -> Case:
     return Case({"name": "regression", "policy": "drop", "rules": [rule]}, tuple((f, "in") for f in frags))
 
 
-@pytest.mark.xfail(strict=True, reason="engine gap, reported: nf_tables (6.18) evaluates port matches on "
-                                       "non-first fragments, on bytes that are not ports")
 @pytest.mark.parametrize("backend", ["nft", "iptables"])
 @pytest.mark.parametrize(("family", "rule"), [
     (4, {"id": "not-sip", "proto": "udp", "dport": "!5060", "action": "accept"}),
@@ -56,9 +54,10 @@ def test_later_fragment_port_match_reads_other_bytes(backend, family, rule):
     reads bytes 0-3 of the IPv6 header (its transport offset is 0): sport
     0x6000|traffic class = 24576, dport = the low 16 bits of the flow label
     = 0. So ``dport != 5060`` or ``sport 16384-32767`` match such fragments.
-    The engine says a later fragment has no ports and never matches a port
-    match, as ip(6)tables-legacy's xt_tcpudp does; it drops the fragment by
-    policy where the kernel forwards it.
+    The engine used to say a later fragment has no ports (as
+    ip(6)tables-legacy's xt_tcpudp does) and dropped the fragment by policy
+    where the kernel forwards it; it now reads the same bytes
+    (fwtest.engine.packet.later_fragment_ports).
     """
     model, kernel = model_and_kernel(later_fragment_case(family, rule), backend)
     assert kernel[1] == "accept"          # the kernel behaviour this test pins

@@ -18,11 +18,13 @@ from hypothesis import strategies as st
 from space_helpers import addr, ports, proto, random_point, record_at, rule, ruleset, rulesets
 
 from fwtest.engine import explain
-from fwtest.rules.ir import BaseChain, IfaceMatch, Match, Source, StateMatch
+from fwtest.engine.packet import later_fragment_ports
+from fwtest.rules.ir import PORT_PROTOCOLS, BaseChain, IfaceMatch, Match, Source, StateMatch
 from fwtest.space.compile import Decider, compile_path
 from fwtest.space.header import HeaderSpace
 from fwtest.space.region import point_bdd
 from fwtest.space.witness import same_decider
+from fwtest.traffic.record import LATER_FRAGMENT
 
 
 def judge_points(rs, space: HeaderSpace, seed: int, count: int = 12) -> None:
@@ -33,6 +35,9 @@ def judge_points(rs, space: HeaderSpace, seed: int, count: int = 12) -> None:
         state = point.pop("state")
         iif, oif = point.pop("iif"), point.pop("oif")
         record = record_at(point, iif, oif)
+        if record.frag == LATER_FRAGMENT and record.proto in PORT_PROTOCOLS:
+            # nf_tables reads a later fragment's "ports" from its bytes: so does the space.
+            point["sport"], point["dport"] = later_fragment_ports(record)
         v = explain(rs, record, path="forward", state=state, native_hook="forward").verdict
         at = point_bdd(space, {**point, "iif": space.iface_index[iif], "oif": space.iface_index[oif]}) \
             & space.state(state) & space.domain

@@ -56,6 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--format", choices=["table", "json"], default="table")
     diff.add_argument("--witness-dir", metavar="DIR", help="write witness packets as pcap files here")
 
+    fz = sub.add_parser("fuzz", help="which rule edits would cut the 911 path, and how good the gate is")
+    fz.add_argument("rules", nargs="+", metavar="RULES")
+    _profile_arg(fz)
+    fz.add_argument("--max-examples", type=int, default=40,
+                    help="Hypothesis examples per search round (gate mode: candidates)")
+    fz.add_argument("--seed", type=int, default=0)
+    fz.add_argument("--mode", choices=["default", "scan", "gate"], default="default",
+                    help="scan: single edits only; gate: check that every breaking edit fails fwtest check")
+    fz.add_argument("--kernel", choices=["auto", "yes", "no"], default="auto",
+                    help="gate mode: also judge edits with the real kernel")
+    fz.add_argument("--seeds", metavar="DIR", help="incident scenarios to check and apply first, e.g. seeds/")
+    fz.add_argument("--kinds", default="insert,delete,move,action,narrow,widen,limit,string")
+    fz.add_argument("--format", choices=["table", "json"], default="table")
+    fz.add_argument("-o", "--output", metavar="FILE")
+
     export = sub.add_parser("export", help="a ruleset as an iptables-restore or nft -f script")
     export.add_argument("rules", nargs="+", metavar="RULES")
     export.add_argument("--to", choices=["iptables", "ip6tables", "nft"], required=True)
@@ -226,6 +241,20 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    from fwtest.fuzz import run_fuzz_command
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    text, code = run_fuzz_command(args.rules, _profile(args.profile), max_examples=args.max_examples,
+                                  seed=args.seed, mode=args.mode, kernel=args.kernel, seeds=args.seeds,
+                                  output_format=args.format, kinds=kinds)
+    if args.output:
+        _write(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return code
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from fwtest.rules import load_ruleset
     from fwtest.rules.export import to_iptables, to_nft
@@ -250,7 +279,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
-COMMANDS = {"check": cmd_check, "diff": cmd_diff, "export": cmd_export, "explain": cmd_explain, "replay": cmd_replay, "synth": cmd_synth}
+COMMANDS = {"check": cmd_check, "diff": cmd_diff, "export": cmd_export, "fuzz": cmd_fuzz, "explain": cmd_explain, "replay": cmd_replay, "synth": cmd_synth}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,8 +52,14 @@ def load_yaml(text: str, path: str) -> Any:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 0
         raise InputError(path, line, f"malformed YAML: {e.problem or e.context}") from None
-    except yaml.YAMLError as e:  # pragma: no cover - yaml always marks its errors
-        raise InputError(path, 0, f"malformed YAML: {e}") from None
+    except yaml.reader.ReaderError as e:
+        # Raised before parsing (a control character, bad encoding): it has a
+        # character position, not a mark, and a multi-line message.
+        line = text.count("\n", 0, e.position) + 1 if isinstance(e.position, int) else 0
+        raise InputError(path, line, f"malformed YAML: character {e.character!r} is not allowed "
+                         "(control characters other than tab and newline)") from None
+    except yaml.YAMLError as e:
+        raise InputError(path, 0, f"malformed YAML: {str(e).splitlines()[0]}") from None
     except (RecursionError, ValueError) as e:
         raise InputError(path, 0, f"malformed YAML: {e}") from None
     if node is None:

@@ -441,7 +441,13 @@ def _first_chars(sub: Any) -> set[int] | None:
     return None
 
 
-def _backtracking_problem(tree: Any, unbounded_depth: int) -> str:
+# Bounded repetitions nested in each other backtrack in the product of their
+# bounds ((a{1,16}){1,16}b takes seconds on 26 characters): refuse products
+# above this, keep the harmless ones like (\d{1,3}\.){3}.
+NESTED_REPEAT_PRODUCT = 64
+
+
+def _backtracking_problem(tree: Any, unbounded_depth: int, product: int = 1) -> str:
     for op, av in tree:
         name = str(op)
         if name in _REPEATS:
@@ -451,11 +457,14 @@ def _backtracking_problem(tree: Any, unbounded_depth: int) -> str:
                 return "nests a repetition inside an unbounded repetition"
             if unbounded and _has_repeat(sub):
                 return "nests a repetition inside an unbounded repetition"
-            problem = _backtracking_problem(sub, unbounded_depth + (1 if unbounded else 0))
+            if high > 1 and product > 1 and product * high > NESTED_REPEAT_PRODUCT:
+                return f"nests repetitions whose bounds multiply beyond {NESTED_REPEAT_PRODUCT}"
+            problem = _backtracking_problem(sub, unbounded_depth + (1 if unbounded else 0),
+                                            product * high if high > 1 and not unbounded else product)
             if problem:
                 return problem
         elif name == "SUBPATTERN":
-            problem = _backtracking_problem(av[-1], unbounded_depth)
+            problem = _backtracking_problem(av[-1], unbounded_depth, product)
             if problem:
                 return problem
         elif name == "BRANCH":
@@ -468,21 +477,21 @@ def _backtracking_problem(tree: Any, unbounded_depth: int) -> str:
                         return "repeats alternatives that can start alike"
                     seen |= first
             for branch in branches:
-                problem = _backtracking_problem(branch, unbounded_depth)
+                problem = _backtracking_problem(branch, unbounded_depth, product)
                 if problem:
                     return problem
         elif name in ("ASSERT", "ASSERT_NOT"):
-            problem = _backtracking_problem(av[1], unbounded_depth)
+            problem = _backtracking_problem(av[1], unbounded_depth, product)
             if problem:
                 return problem
         elif name == "ATOMIC_GROUP":
-            problem = _backtracking_problem(av, unbounded_depth)
+            problem = _backtracking_problem(av, unbounded_depth, product)
             if problem:
                 return problem
         elif name == "GROUPREF_EXISTS":
             for sub in av[1:]:
                 if sub is not None:
-                    problem = _backtracking_problem(sub, unbounded_depth)
+                    problem = _backtracking_problem(sub, unbounded_depth, product)
                     if problem:
                         return problem
     return ""

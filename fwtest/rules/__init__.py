@@ -24,6 +24,8 @@ def detect_format(text: str) -> str:
     if stripped.startswith("{"):
         try:
             doc = json.loads(text)
+        except RecursionError:
+            return "nft" if '"nftables"' in text[:200] else "yaml"  # the loader reports the nesting
         except ValueError:
             return "yaml"  # YAML flow mappings start with '{' too; the YAML loader will judge
         if isinstance(doc, Mapping) and "nftables" in doc:

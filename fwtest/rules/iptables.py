@@ -462,6 +462,8 @@ def _read_tables(text: str, path: str) -> list[_Table]:
             continue
         body = _COUNTERS.sub("", line)
         tokens = tokenize(body, path, number)
+        if not tokens:
+            raise InputError(path, number, f"packet counters without a command: {line!r}")
         command = tokens[0]
         if command in ("-A", "--append", "-I", "--insert"):
             if len(tokens) < 2:

@@ -404,6 +404,8 @@ def load_nft(text: str, path: str, nft_source: str | None = None, *, nft_path: s
     except ValueError as e:
         line = getattr(e, "lineno", 0)
         raise InputError(path, line, f"malformed JSON: {e}") from None
+    except RecursionError:
+        raise InputError(path, 0, "malformed JSON: nested too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("nftables"), list):
         raise InputError(path, 0, "not nft JSON: expected an object with an 'nftables' list "
                                   "(the output of 'nft -j list ruleset')")
@@ -412,7 +414,13 @@ def load_nft(text: str, path: str, nft_source: str | None = None, *, nft_path: s
         nft_path = nft_path or str(Path(path).with_suffix(".nft"))
         source = _NftText(nft_source, nft_path)
         source.parse()
-    return _Loader(path, nft_path, source).load(data["nftables"])
+    try:
+        return _Loader(path, nft_path, source).load(data["nftables"])
+    except (TypeError, AttributeError, KeyError) as e:
+        # nft itself never writes these: a hand-edited or truncated document put a
+        # value of the wrong JSON type where nft writes an object, string or number.
+        raise InputError(path, 0, f"malformed nft JSON: a value of the wrong type ({type(e).__name__}: {e})") \
+            from None
 
 
 class _Loader:

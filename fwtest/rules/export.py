@@ -355,7 +355,6 @@ class _IptablesWriter:
         self.bases = [(b, hook) for b, hook in bases if b.family in (None, family)]
         self.sip_ports = sip_ports
         self.hashlimit_names: dict[str, str] = {}
-        self.loads_conntrack = False
 
     # ---- layout
     def table_of(self, base: BaseChain, hook: str) -> str:
@@ -409,7 +408,11 @@ class _IptablesWriter:
             if table not in layout:
                 continue
             body[table] = self.table_text(table, layout[table], bool(helpers_needed) and table == "raw")
-        if ruleset.conntrack.enabled and not self.loads_conntrack:
+        # Decided on what was written, for this family's file alone (a rule of the
+        # other family is left out of it).
+        written = "\n".join(line for lines in body.values() for line in lines)
+        loads = any(word in written for word in ("-m conntrack", "-m state", "-j CT", "-j NOTRACK", "-m helper"))
+        if ruleset.conntrack.enabled and not loads:
             # The kernel tracks connections only for rules that need it; this one changes
             # nothing else (no target) and makes the kernel reassemble and track as the model does.
             if "raw" not in body:
@@ -457,7 +460,6 @@ class _IptablesWriter:
                     for port in self.sip_ports:
                         out.append(f"-A {builtin} -p {proto} -m {proto} --dport {port} "
                                    f'-m comment --comment "fwtest: SIP helper" -j CT --helper sip')
-            self.loads_conntrack = True
         for builtin, base in bases.items():
             out += self.chain_lines(builtin, base.chain, names, table)
         for user in order:
@@ -485,8 +487,6 @@ class _IptablesWriter:
             raise _fail(rule, ruleset, f"{action.kind} needs the raw table (-j CT), but its chain is in {table}")
         if action.kind == "reject" and table != "filter":
             raise _fail(rule, ruleset, f"REJECT is only valid in the filter table, not {table}")
-        if m.state is not None or m.helper is not None or action.kind == "ct_helper":
-            self.loads_conntrack = True
         src = self.addresses(m.src, "-s", "--src-range", rule)
         dst = self.addresses(m.dst, "-d", "--dst-range", rule)
         # iptables refuses '!' on either address when the other is a list: then one rule

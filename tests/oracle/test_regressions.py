@@ -97,3 +97,16 @@ def test_sip_helper_reads_sdp_without_content_type(backend):
     model, kernel = model_and_kernel(case, backend)
     assert kernel == ["accept", "accept"]    # the 200 OK opens the entry; the RTP is RELATED
     assert model == kernel
+
+
+@pytest.mark.parametrize("backend", ["nft", "iptables"])
+def test_conntrack_is_on_for_a_family_without_stateful_rules(backend):
+    """Found by the differential test: a stateful ruleset whose only stateful rule is
+    IPv6 was exported to iptables-restore without any conntrack user, so IPv4 was not
+    reassembled and a lone first fragment was forwarded; the model (conntrack on for
+    the ruleset) held it. The export now loads conntrack in every family's file."""
+    frags = udp_datagram("203.0.113.5", 5060, "198.51.100.1", 5060, b"\xc5" * 1600, ident=7)
+    rules = {"name": "regression", "policy": "accept", "conntrack": True,
+             "rules": [{"id": "r0", "dst": "2001:db8:100::/56", "state": "new", "action": "accept"}]}
+    model, kernel = model_and_kernel(Case(rules, ((frags[0], "out"),)), backend)
+    assert kernel == model == ["drop"]

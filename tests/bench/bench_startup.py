@@ -1,7 +1,8 @@
 """Start-up: `fwtest check` on the shipped example against `python -c "import scapy.all"`.
 
 Prints medians of several runs of each, measured side by side (interleaved)
-so machine noise hits both alike; cold = empty synthesis cache, warm = cached.
+so machine noise hits both alike; cold = empty synthesis cache, warm = cached;
+--no-proof = replay evidence only (no BDD proof, no rule analysis).
 
     python tests/bench/bench_startup.py [--runs 7]
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECK = [sys.executable, "-m", "fwtest.cli", "check", "rulesets/psap-edge.yaml"]
+REPLAY_ONLY = [*CHECK, "--no-proof"]
 SCAPY = [sys.executable, "-c", "import scapy.all"]
 
 
@@ -32,8 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-    results: dict[str, list[float]] = {"import scapy.all": [], "fwtest check (warm cache)": [],
-                                       "fwtest check (cold cache)": []}
+    results: dict[str, list[float]] = {"import scapy.all": [], "fwtest check --no-proof (warm)": [],
+                                       "fwtest check (warm cache)": [], "fwtest check (cold cache)": []}
     with tempfile.TemporaryDirectory() as cache:
         warm_env = {**os.environ, "XDG_CACHE_HOME": cache}
         timed(CHECK, warm_env)  # fill the cache once
@@ -42,6 +44,7 @@ def main() -> None:
                 results["fwtest check (cold cache)"].append(timed(CHECK, {**os.environ, "XDG_CACHE_HOME": empty}))
             results["import scapy.all"].append(timed(SCAPY, dict(os.environ)))
             results["fwtest check (warm cache)"].append(timed(CHECK, warm_env))
+            results["fwtest check --no-proof (warm)"].append(timed(REPLAY_ONLY, warm_env))
     base = statistics.median(results["import scapy.all"])
     print(f"{'command':<28} {'median s':>9} {'vs import scapy.all':>20}")
     for name, values in results.items():

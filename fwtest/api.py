@@ -290,7 +290,7 @@ def proof_findings(proof) -> list[Finding]:
 
 def check(ruleset: RulesetLike, profile: ProfileLike, *, baseline: RulesetLike | Sequence[str] | None = None,
           traces: Sequence[str | Path] = (), seed: int = 0, proof: bool = True,
-          analysis: bool = True, engine: str = "model") -> Report:
+          analysis: bool = True, engine: str = "model", jobs: int = 1) -> Report:
     """Run the emergency profile through the ruleset; the report says pass or fail and why.
 
     Evidence: replay of the synthetic calls (always), the symbolic proof over
@@ -348,10 +348,10 @@ def check(ruleset: RulesetLike, profile: ProfileLike, *, baseline: RulesetLike |
             report.analysis = space.analyze(rs, prof, flows=flows).to_json()
         timings["proof_seconds"] = time.perf_counter() - mark
     if traces:
-        from fwtest.replay import replay_capture, trace_findings
+        from fwtest.replay import replay_captures, trace_findings
 
         mark = time.perf_counter()
-        replays = [replay_capture(rs, pcap, prof) for pcap in traces]
+        replays = replay_captures(rs, list(traces), prof, jobs=jobs)
         report.findings.extend(trace_findings(replays, prof))
         report.stats["trace_packets"] = sum(r.packets for r in replays)
         report.stats["trace_calls"] = sum(len(r.reconstruction.calls) for r in replays)

@@ -23,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
         raise InputError("fwtest", 0, f"{message} (see fwtest {self.prog.split()[-1]} --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="fwtest", description="Prove that a firewall change cannot cut the 911 call path.")
     parser.add_argument("--version", action="version", version=f"fwtest {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write a report to FILE, in the format its extension names "
                             "(.sarif .xml .html .json .txt); repeatable")
     check.add_argument("--seed", type=int, default=0, help="seed of the synthetic traffic (default 0)")
+    check.add_argument("--jobs", type=int, default=1, metavar="N", help="replay --trace files in N processes")
     _engine_arg(check)
     check.add_argument("--no-proof", action="store_true",
                        help="replay evidence only: skip the symbolic proof and the rule analysis")
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     fz.add_argument("--kinds", default="insert,delete,move,action,narrow,widen,limit,string")
     fz.add_argument("--format", choices=["table", "json"], default="table")
     fz.add_argument("-o", "--output", metavar="FILE")
+
+    bench = sub.add_parser("bench", help="replay speed and memory: fwtest against the naive Scapy loop")
+    if command == "bench":  # its arguments live with its code, which imports numpy: only when asked
+        from fwtest import bench as bench_module
+        bench_module.add_arguments(bench)
 
     export = sub.add_parser("export", help="a ruleset as an iptables-restore or nft -f script")
     export.add_argument("rules", nargs="+", metavar="RULES")
@@ -150,7 +156,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             baseline = [config.baseline]
         traces = args.trace or list(entry.traces) or (list(config.traces) if config else [])
         report = check(list(entry.rules), profile, baseline=baseline or None, traces=traces, seed=args.seed,
-                       proof=not args.no_proof, analysis=not args.no_proof, engine=args.engine)
+                       proof=not args.no_proof, analysis=not args.no_proof, engine=args.engine,
+                       jobs=args.jobs)
         reports.append(report)
         if args.witness_dir:
             from fwtest.space import write_witnesses
@@ -255,6 +262,12 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fwtest import bench
+
+    return bench.run(args)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from fwtest.rules import load_ruleset
     from fwtest.rules.export import to_iptables, to_nft
@@ -279,12 +292,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
-COMMANDS = {"check": cmd_check, "diff": cmd_diff, "export": cmd_export, "fuzz": cmd_fuzz, "explain": cmd_explain, "replay": cmd_replay, "synth": cmd_synth}
+COMMANDS = {"check": cmd_check, "diff": cmd_diff, "export": cmd_export, "fuzz": cmd_fuzz, "bench": cmd_bench, "explain": cmd_explain, "replay": cmd_replay, "synth": cmd_synth}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        args = build_parser(argv[0] if argv else None).parse_args(argv)
         return COMMANDS[args.command](args)
     except InputError as e:
         sys.stderr.write(f"{e}\n")

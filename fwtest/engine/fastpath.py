@@ -28,6 +28,11 @@ effect on the engine is then its connection's timeout (and "assured").
   conversations of a fragment's address pair, every one before an ICMP
   error (which quotes any flow). After it, the conversations it touched are
   decided again from the next row on.
+* Rows of a conversation without a conntrack entry that the rules drop are
+  cached too (a broken ruleset drops whole calls): such a packet's entry is
+  never confirmed, so it leaves nothing behind -- unless a SIP helper
+  expectation waits for it, which the cache checks after every packet the
+  helper may have read.
 * The kernel-like garbage collection (``ConntrackTable.sweep``, every
   SWEEP_EVERY lookups) runs at exactly the lookup the plain engine runs it
   at, on entries brought up to date first: cached rows count their lookups.
@@ -236,8 +241,7 @@ class Side:
 class Conversation:
     """Both directions of one UDP address/port pair: one conntrack entry at a time."""
 
-    __slots__ = ("key", "sides", "conn", "cache", "unanswered", "rows", "dirs", "ts", "seg_end", "applied",
-                 "decisions")
+    __slots__ = ("key", "sides", "conn", "cache", "unanswered", "rows", "dirs", "ts", "seg_end", "applied")
 
     def __init__(self, key: tuple) -> None:
         self.key = key
@@ -250,12 +254,18 @@ class Conversation:
         self.ts = np.zeros(0, np.float64)
         self.seg_end = 0                 # rows[applied:seg_end] are decided by the cache
         self.applied = 0                 # ... and rows before ``applied`` are in the conntrack entry
-        self.decisions: ChunkVerdicts | None = None
 
 
 # ----------------------------------------------------------------------------- the engine at speed
 
 class FastEngine:
+    """An ``Engine`` fed a chunk at a time (``decide``), then ``finish``ed at the end of the capture.
+
+    ``orient(record)`` gives a record its interfaces, its path through the
+    firewall and whether its addresses are outside the profile (as
+    ``fwtest.replay.Orientation.oriented`` does).
+    """
+
     def __init__(self, engine: Engine, orient: Orient) -> None:
         self.engine = engine
         self.orient = orient
@@ -264,6 +274,7 @@ class FastEngine:
         self.convs: dict[tuple, Conversation] = {}
         self.pending: dict[int, tuple[ChunkVerdicts, int]] = {}   # engine index -> row awaiting its verdict
         self.latest = -np.inf            # the latest timestamp seen so far
+        self.sync_pos = 0                # rows of the chunk before this one have their lookups counted
         if self.ct is not None:
             self.udp = self.ct.timeout("udp")
             self.udp_stream = self.ct.timeout("udp_stream")
@@ -301,11 +312,7 @@ class FastEngine:
                 self._feed_other(d, i)
             return d
         self._group(d)
-        events: list[int] = []
-        for c in d.convs:
-            b = self._segment(d, c, 0)
-            if b < len(c.rows):
-                events.append(int(c.rows[b]))
+        events = self._first_segments(d)
         heapq.heapify(events)
         others = np.flatnonzero(d.conv < 0).tolist()
         self.sync_pos = 0
@@ -335,7 +342,6 @@ class FastEngine:
         for c in d.convs:
             c.rows = c.ts = np.zeros(0)
             c.dirs = np.zeros(0, np.int8)
-            c.decisions = None
         return d
 
     def _feed_other(self, d: ChunkVerdicts, row: int) -> None:
@@ -391,7 +397,6 @@ class FastEngine:
             c.dirs = dirs[members]
             c.ts = ts[c.rows]
             c.seg_end = c.applied = 0
-            c.decisions = d
             d.conv[c.rows] = len(d.convs)
             d.convs.append(c)
 
@@ -417,40 +422,68 @@ class FastEngine:
             cached = c.cache[(direction, ctinfo)] = _UNCACHEABLE if v is None else v
         return -1 if cached is _UNCACHEABLE else d.vid_of(cached)  # type: ignore[arg-type]
 
+    def _classes(self, d: ChunkVerdicts, c: Conversation, pos: int) -> tuple[int, int, object, bool] | None:
+        """How the cache can decide ``c``'s rows from ``pos`` on: the verdict id of each direction's
+        rows (-1: not cacheable), the conntrack entry whose timeout bounds the run (None: no
+        timeout), and whether the rows have no entry at all; None when nothing can be cached."""
+        ct = self.ct
+        if ct is None:
+            return (self._class_verdict(d, c, 0, None, False, "untracked"),
+                    self._class_verdict(d, c, 1, None, False, "untracked"), None, False)
+        side = self._side(d, c, int(c.dirs[pos]))
+        found = ct.entries.get(side.key)
+        if found is None:
+            c.conn = None
+            return self._unanswered_verdict(d, c, 0), self._unanswered_verdict(d, c, 1), None, True
+        conn, reply = found
+        if conn.dead or conn.helper is not None or not conn.confirmed:
+            return None
+        if c.conn is not conn:
+            c.conn = conn
+            c.cache.clear()
+        seen = conn.seen_reply
+        vids = [-1, -1]
+        first = int(c.dirs[pos])
+        for direction in (0, 1):
+            r = reply if direction == first else not reply
+            if r and not seen:
+                continue              # the first reply changes the state: the engine's
+            ctinfo = "established" if seen else ("related" if conn.expected else "new")
+            vids[direction] = self._class_verdict(d, c, direction, conn, r, ctinfo)
+        return vids[0], vids[1], conn, False
+
+    def _unanswered_verdict(self, d: ChunkVerdicts, c: Conversation, direction: int) -> int:
+        """Rows of a conversation without a conntrack entry, which the rules drop.
+
+        Such a packet gets a new, unconfirmed entry at the lookup, which is
+        forgotten when the packet is dropped: nothing changes but the lookup
+        count. Not so when a helper expectation waits for it (it is used up),
+        or when the rules accept it (its entry is confirmed).
+        """
+        side = self._side(d, c, direction)
+        if side is None:
+            return -1
+        r = side.record
+        if self.ct.expectations.get((r.family, r.src, r.dst, r.dport)) is not None:
+            return -1
+        cached = c.unanswered.get(direction, _MISSING)
+        if cached is _MISSING:
+            key = side.key
+            fresh = _conntrack.Connection(key, (key[0], key[1], key[3], key[2], key[5], key[4], key[6]), 0.0)
+            v = self.pure.verdict(r, side.path, fresh, False, "new")
+            cached = c.unanswered[direction] = _UNCACHEABLE if v is None or v.verdict == "accept" else v
+        return -1 if cached is _UNCACHEABLE else d.vid_of(cached)  # type: ignore[arg-type]
+
     def _segment(self, d: ChunkVerdicts, c: Conversation, pos: int) -> int:
         """Decide ``c``'s rows from ``pos`` on from the cache, as far as it can; returns where it stops."""
         c.seg_end = c.applied = pos
         if pos >= len(c.rows):
             return pos
-        vids = [-1, -1]
-        ct = self.ct
-        if ct is None:
-            conn = None
-            for direction in (0, 1):
-                vids[direction] = self._class_verdict(d, c, direction, None, False, "untracked")
-        else:
-            side = self._side(d, c, int(c.dirs[pos]))
-            found = ct.entries.get(side.key)
-            if found is None:
-                return self._segment_without_entry(d, c, pos)
-            conn, reply = found
-            if conn.dead or conn.helper is not None or not conn.confirmed:
-                return pos
-            if c.conn is not conn:
-                c.conn = conn
-                c.cache.clear()
-            seen = conn.seen_reply
-            if side.key != conn.key and side.key != conn.reply_key:  # pragma: no cover
-                return pos
-            reply_of = {int(c.dirs[pos]): reply, 1 - int(c.dirs[pos]): not reply}
-            for direction in (0, 1):
-                r = reply_of[direction]
-                if r and not seen:
-                    continue              # the first reply changes the state: the engine's
-                ctinfo = "established" if seen else ("related" if conn.expected else "new")
-                vids[direction] = self._class_verdict(d, c, direction, conn, r, ctinfo)
-        dirs = c.dirs[pos:]
-        vid = np.where(dirs == 0, vids[0], vids[1])
+        classes = self._classes(d, c, pos)
+        if classes is None:
+            return pos
+        v0, v1, conn, unanswered = classes
+        vid = np.where(c.dirs[pos:] == 0, v0, v1)
         ok = vid >= 0
         if conn is not None:
             t = c.ts[pos:]
@@ -461,48 +494,70 @@ class FastEngine:
             ok[0] &= t[0] < conn.expires
             ok[1:] &= t[1:] < lim[:-1]
         stop = np.flatnonzero(~ok)
-        end = pos + (int(stop[0]) if len(stop) else len(dirs))
+        end = pos + (int(stop[0]) if len(stop) else len(vid))
         if end > pos:
             d.mark(c.rows[pos:end], vid[:end - pos])
-        c.seg_end = end
-        return end
-
-    def _segment_without_entry(self, d: ChunkVerdicts, c: Conversation, pos: int) -> int:
-        """Rows of a conversation that has no conntrack entry, which the rules drop.
-
-        Such a packet gets a new, unconfirmed entry at the lookup, which is
-        forgotten when the packet is dropped: nothing changes but the lookup
-        count. Not so when a helper expectation waits for it (it is used up),
-        or when the rules accept it (its entry is confirmed).
-        """
-        ct = self.ct
-        vids = [-1, -1]
-        for direction in (0, 1):
-            side = self._side(d, c, direction)
-            if side is None:
-                continue
-            r = side.record
-            if ct.expectations.get((r.family, r.src, r.dst, r.dport)) is not None:
-                continue
-            cached = c.unanswered.get(direction, _MISSING)
-            if cached is _MISSING:
-                key = side.key
-                fresh = _conntrack.Connection(key, (key[0], key[1], key[3], key[2], key[5], key[4], key[6]), 0.0)
-                v = self.pure.verdict(r, side.path, fresh, False, "new")
-                cached = c.unanswered[direction] = _UNCACHEABLE if v is None or v.verdict == "accept" else v
-            if cached is not _UNCACHEABLE:
-                vids[direction] = d.vid_of(cached)  # type: ignore[arg-type]
-        dirs = c.dirs[pos:]
-        vid = np.where(dirs == 0, vids[0], vids[1])
-        stop = np.flatnonzero(vid < 0)
-        end = pos + (int(stop[0]) if len(stop) else len(dirs))
-        if end > pos:
-            d.mark(c.rows[pos:end], vid[:end - pos])
-            if self.expecting:
+            if unanswered and self.expecting:
                 d.unanswered.add(c)
-        c.conn = None
         c.seg_end = end
         return end
+
+    def _first_segments(self, d: ChunkVerdicts) -> list[int]:
+        """``_segment(c, 0)`` for every conversation of the chunk at once; the rows where they stop."""
+        convs = d.convs
+        if not convs:
+            return []
+        g = len(convs)
+        sizes = np.array([len(c.rows) for c in convs], np.int64)
+        offs = np.zeros(g, np.int64)
+        np.cumsum(sizes[:-1], out=offs[1:])
+        v0 = np.full(g, -1, np.int64)
+        v1 = np.full(g, -1, np.int64)
+        timed = np.zeros(g, bool)
+        expires = np.full(g, np.inf)
+        stream_ts = np.full(g, np.inf)
+        seen = np.zeros(g, bool)
+        unanswered = np.zeros(g, bool)
+        for k, c in enumerate(convs):
+            c.seg_end = c.applied = 0
+            classes = self._classes(d, c, 0)
+            if classes is None:
+                continue
+            v0[k], v1[k], conn, unanswered[k] = classes
+            if conn is not None:
+                timed[k] = True
+                expires[k], stream_ts[k], seen[k] = conn.expires, conn.stream_ts, conn.seen_reply
+        rows = np.concatenate([c.rows for c in convs])
+        dirs = np.concatenate([c.dirs for c in convs])
+        t = np.concatenate([c.ts for c in convs])
+        group = np.repeat(np.arange(g), sizes)
+        vid = np.where(dirs == 0, v0[group], v1[group])
+        ok = vid >= 0
+        # The gap check of _segment, every conversation at once: the first row against the
+        # entry's timeout, each later one against the timeout its predecessor set.
+        prev = np.empty_like(t)
+        prev[1:] = t[:-1]
+        prev[offs] = 0.0
+        lim = prev + np.where(seen[group] & (prev > stream_ts[group]), self.udp_stream if self.ct else 0.0,
+                              self.udp if self.ct else 0.0)
+        lim[offs] = expires
+        ok &= ~timed[group] | (t < lim)
+        bad = np.flatnonzero(~ok)
+        stop = sizes.copy()
+        if len(bad):
+            groups, first = np.unique(group[bad], return_index=True)
+            stop[groups] = bad[first] - offs[groups]
+        fast = (np.arange(len(rows)) - offs[group]) < stop[group]
+        d.mark(rows[fast], vid[fast])
+        events = []
+        for k, c in enumerate(convs):
+            end = int(stop[k])
+            c.seg_end = end
+            if end and unanswered[k] and self.expecting:
+                d.unanswered.add(c)
+            if end < len(c.rows):
+                events.append(int(c.rows[end]))
+        return events
 
     def _expectations_changed(self, d: ChunkVerdicts, row: int, events: list[int]) -> None:
         """After a packet the SIP helper may have read: rows of entry-less conversations that an
@@ -567,8 +622,9 @@ class FastEngine:
             fast_rows = np.flatnonzero(d.fast[start:row]) + start
             while looked + count >= due:
                 at = int(fast_rows[due - looked - 1])
-                self._flush_all(d, at)
-                ct.sweep(float(d.chunk.ts[at]))
+                now = float(d.chunk.ts[at])
+                self._flush_expiring(d, at, now)
+                ct.sweep(now)
                 due += every
         ct._lookups = looked + count
 
@@ -612,10 +668,27 @@ class FastEngine:
             if b < len(c.rows):
                 heapq.heappush(events, int(c.rows[b]))
 
+    def _flush_expiring(self, d: ChunkVerdicts, row: int, now: float) -> None:
+        """Before a sweep at ``now``: make the cached rows before ``row`` effective on the entries
+        the sweep could remove.
+
+        Cached rows only push an entry's timeout later when the stream timeout is
+        not shorter than the plain UDP one (``t + timeout(t)`` grows with ``t``):
+        then an entry still alive at ``now`` with its rows not yet applied is alive
+        with them too, and only the others need them.
+        """
+        if self.udp_stream < self.udp:
+            self._flush_all(d, row)
+            return
+        for c in d.convs:
+            if c.applied < c.seg_end and c.conn is not None and c.conn.expires <= now:
+                self._flush(c, row)
+
     def _before_feed(self, d: ChunkVerdicts, row: int) -> None:
         ct = self.ct
         if ct is not None and (ct._lookups + 1) % _conntrack.SWEEP_EVERY == 0:
-            self._flush_all(d, row)      # this packet's lookup may sweep every entry
+            # This packet's lookup may sweep.
+            self._flush_expiring(d, row, float(d.chunk.ts[row]))
 
     def _touched(self, d: ChunkVerdicts, r: PacketRecord) -> list[Conversation] | None:
         """Conversations whose entry the engine may read for this record (None: any of them)."""

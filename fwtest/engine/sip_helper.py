@@ -24,9 +24,9 @@ What it does, as the kernel does it (default module parameters
   has a media line without a usable connection address, or a request or
   response without a parsable CSeq ("cannot parse cseq").
 
-Differences, on purpose: SDP is read with fwtest.traffic.sdp (application/sdp
-bodies and multipart parts), where the kernel scans the message for ``v=``,
-``c=`` and ``m=`` lines; REGISTER signalling expectations are not modelled.
+SDP is read with fwtest.traffic.sdp (application/sdp bodies, multipart parts,
+and a body that is SDP without a Content-Type, as the kernel scans for the
+lines); REGISTER signalling expectations are not modelled.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import ipaddress
 from typing import TYPE_CHECKING
 
 from fwtest.rules.ir import TCP, UDP
-from fwtest.traffic.sdp import sdp_of
+from fwtest.traffic.sdp import parse_sdp, sdp_of
 from fwtest.traffic.sipmsg import SipMessage, parse_sip, split_sip_stream
 
 if TYPE_CHECKING:
@@ -129,7 +129,12 @@ class SipHelper:
 
     def _sdp(self, conn: Connection, p: PacketView, msg: SipMessage) -> str:
         handled = 0
-        for media in sdp_of(msg):
+        found = sdp_of(msg)
+        if not found and msg.body.lstrip().startswith(b"v=0"):
+            # The kernel finds SDP by its lines (ct_sip_get_sdp_header), not by
+            # Content-Type: a body that is SDP counts even when no header says so.
+            found = parse_sdp(msg.body)
+        for media in found:
             if handled >= len(MEDIA_TYPES):
                 break
             if media.media not in MEDIA_TYPES or media.port == 0:

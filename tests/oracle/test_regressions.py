@@ -64,8 +64,6 @@ def test_later_fragment_port_match_reads_other_bytes(backend, family, rule):
     assert model == kernel
 
 
-@pytest.mark.xfail(strict=True, reason="engine gap, reported: nf_conntrack_sip reads SDP whatever the "
-                                       "Content-Type; the engine only reads application/sdp bodies")
 @pytest.mark.parametrize("backend", ["nft", "iptables"])
 def test_sip_helper_reads_sdp_without_content_type(backend):
     """A 200 OK carrying SDP but no Content-Type header (the builder's default).
@@ -73,9 +71,9 @@ def test_sip_helper_reads_sdp_without_content_type(backend):
     The kernel's SIP helper looks for the SDP by its lines (``ct_sip_get_sdp_header``
     scans the body for ``v=``, ``c=``, ``m=``), not by Content-Type, so it
     expects RTP to the answer's media port and that RTP is RELATED: the
-    ``state: new`` drop rule misses it. The engine's SIP helper reads only
-    ``application/sdp`` bodies (and multipart parts), finds no SDP, expects
-    nothing, and drops the RTP as NEW.
+    ``state: new`` drop rule misses it. The engine's SIP helper used to read
+    only ``application/sdp`` bodies and dropped the RTP as NEW; it now reads a
+    body that is SDP as the kernel does.
     """
     import random
 

@@ -54,3 +54,36 @@ def test_not_a_repository(tmp_path, monkeypatch):
     (tmp_path / "rules.yaml").write_text("policy: drop\n")
     with pytest.raises(InputError, match="not inside a git repository"):
         read_git_file("git:HEAD", "rules.yaml")
+
+
+def test_breaking_commit_fails_the_gate_with_sarif_on_the_killing_line(tmp_path, monkeypatch, capsys):
+    """Issue 6's gate: a scratch repository, the reference ruleset committed, then a
+    breaking edit committed; `check --baseline git:HEAD~1 --format sarif` exits 1 with a
+    regression result on the line of the rule that kills the packet."""
+    import json
+    from pathlib import Path
+
+    from fwtest.cli import main
+
+    root = Path(__file__).resolve().parent.parent
+    git(tmp_path, "init", "-q")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text((root / "rulesets/psap-edge.yaml").read_text())
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "reference")
+    broken = (root / "rulesets/broken/options-dropped.yaml").read_text()
+    rules.write_text(broken)
+    git(tmp_path, "commit", "-qam", "drop OPTIONS")
+    monkeypatch.chdir(tmp_path)
+    profile = str(root / "rulesets/psap-edge.profile.yaml")
+    code = main(["check", "rules.yaml", "--profile", profile, "--baseline", "git:HEAD~1", "--format", "sarif"])
+    sarif = json.loads(capsys.readouterr().out)
+    assert code == 1
+    killing_line = next(n for n, line in enumerate(broken.splitlines(), 1) if line.strip() == "- id: drop-options")
+    results = sarif["runs"][0]["results"]
+    regressions = [r for r in results if "regression" in r["ruleId"]]
+    assert regressions
+    for r in regressions:
+        loc = r["locations"][0]["physicalLocation"]
+        assert loc["artifactLocation"]["uri"].endswith("rules.yaml")
+        assert loc["region"]["startLine"] == killing_line

@@ -170,17 +170,17 @@ def replay_flows(ruleset: Ruleset, profile: EmergencyProfile, flows: Sequence[Ca
 
 def model_runner(ruleset: Ruleset, profile: EmergencyProfile, *, compress: bool = False) -> Runner:
     """The engine as a runner; ``compress`` replays on the kernel oracle's back-to-back timeline."""
-    from fwtest.engine import replay
+    from fwtest.engine import Engine
 
     hooks = profile.hooks()
-    sip_ports = sip_helper_ports(profile)
+    # Compiled once; each run starts from an empty state (Engine.run resets it).
+    engine = Engine(ruleset, native_hook=profile.firewall, sip_ports=sip_helper_ports(profile))
 
     def run(records: Sequence[PacketRecord], directions: Sequence[str]) -> list[Verdict]:
         if compress:
             from fwtest.oracle import compress_timeline
             records = compress_timeline(records)
-        return replay(ruleset, records, [hooks[d] for d in directions],
-                      native_hook=profile.firewall, sip_ports=sip_ports)
+        return engine.run(records, [hooks[d] for d in directions])
     return run
 
 

@@ -55,6 +55,11 @@ class LimitState:
     def table(self, owner: object) -> dict[tuple, TokenBucket]:
         return self._tables.setdefault(owner, {})
 
+    def reset(self) -> None:
+        """Full buckets again. Emptied in place: compiled rules hold these tables."""
+        for table in self._tables.values():
+            table.clear()
+
 
 def bucket_key(limit: LimitMatch, family: int, src: int, dst: int, sport: int, dport: int) -> tuple:
     """The hashlimit key of a packet: the ``per`` fields, addresses cut to their prefix."""

@@ -169,12 +169,42 @@ class Engine:
         self.native_hook = native_hook
         self.limits = LimitState()
         self.compiled = CompiledRuleset(ruleset, self.limits, native_hook)
+        self.sip_ports = tuple(sip_ports)
         self.conntrack: ConntrackTable | None = (
-            ConntrackTable(ruleset.conntrack, sip_ports) if ruleset.conntrack.enabled else None)
+            ConntrackTable(ruleset.conntrack, self.sip_ports) if ruleset.conntrack.enabled else None)
         self.defrag = Defragmenter(*frag_timeouts(ruleset))
         self._pipelines: dict[tuple[str, int], tuple[Stage, ...]] = {}
         self._initial_state = "invalid" if self.conntrack is not None else "untracked"
         self._count = 0
+
+    def reset(self) -> None:
+        """A fresh firewall with the same compiled rules: empty conntrack table and
+        reassembly queues, full token buckets (compiling is the costly part)."""
+        self.limits.reset()
+        if self.conntrack is not None:
+            self.conntrack = ConntrackTable(self.ruleset.conntrack, self.sip_ports)
+        self.defrag = Defragmenter(*frag_timeouts(self.ruleset))
+        self._count = 0
+
+    def run(self, records: Sequence[PacketRecord], paths: Sequence[str] | str = "forward") -> list[Verdict]:
+        """One verdict per record, in record order, from a fresh state (see ``replay``)."""
+        if isinstance(paths, str):
+            per_record: Sequence[str] = [paths] * len(records)
+        else:
+            per_record = paths
+            if len(per_record) != len(records):
+                raise ValueError(f"{len(per_record)} paths for {len(records)} records")
+        self.reset()
+        out: list[Verdict | None] = [None] * len(records)
+        for record, path in zip(records, per_record, strict=True):
+            for index, v in self.feed(record, path):
+                out[index] = v
+        for index, v in self.finish():
+            out[index] = v
+        missing = [i for i, v in enumerate(out) if v is None]
+        if missing:  # pragma: no cover - every fed record is decided by feed or finish
+            raise RuntimeError(f"no verdict for records {missing[:5]}")
+        return out  # type: ignore[return-value]
 
     def pipeline(self, path: str, family: int) -> tuple[Stage, ...]:
         key = (path, family)
@@ -275,20 +305,4 @@ def replay(ruleset: Ruleset, records: Sequence[PacketRecord], paths: Sequence[st
     through an ``input`` firewall has its requests on ``input`` and the
     box's answers on ``output``).
     """
-    if isinstance(paths, str):
-        per_record: Sequence[str] = [paths] * len(records)
-    else:
-        per_record = paths
-        if len(per_record) != len(records):
-            raise ValueError(f"{len(per_record)} paths for {len(records)} records")
-    engine = Engine(ruleset, native_hook=native_hook, sip_ports=sip_ports)
-    out: list[Verdict | None] = [None] * len(records)
-    for record, path in zip(records, per_record, strict=True):
-        for index, v in engine.feed(record, path):
-            out[index] = v
-    for index, v in engine.finish():
-        out[index] = v
-    missing = [i for i, v in enumerate(out) if v is None]
-    if missing:  # pragma: no cover - every fed record is decided by feed or finish
-        raise RuntimeError(f"no verdict for records {missing[:5]}")
-    return out  # type: ignore[return-value]
+    return Engine(ruleset, native_hook=native_hook, sip_ports=sip_ports).run(records, paths)

@@ -18,7 +18,7 @@ from fwtest.engine.verdict import Verdict
 from fwtest.errors import InputError
 from fwtest.profile import EmergencyProfile, load_profile
 from fwtest.rules import load_ruleset
-from fwtest.rules.ir import Ruleset, Source
+from fwtest.rules.ir import Ruleset
 from fwtest.traffic.callflow import CallFlow
 from fwtest.traffic.record import PacketRecord
 
@@ -131,9 +131,6 @@ def rule_ref(verdict: Verdict) -> dict | None:
     return {"id": None, "file": None, "line": None, "reason": verdict.reason} if verdict.reason else None
 
 
-def where(verdict: Verdict | None) -> Source | None:
-    return None if verdict is None else verdict.source
-
 
 Runner = Callable[[Sequence[PacketRecord], Sequence[str]], list[Verdict]]
 
@@ -174,7 +171,7 @@ def model_runner(ruleset: Ruleset, profile: EmergencyProfile, *, compress: bool 
 
     hooks = profile.hooks()
     # Compiled once; each run starts from an empty state (Engine.run resets it).
-    engine = Engine(ruleset, native_hook=profile.firewall, sip_ports=sip_helper_ports(profile))
+    engine = Engine(ruleset, native_hook=profile.firewall, sip_ports=profile.sip_helper_ports)
 
     def run(records: Sequence[PacketRecord], directions: Sequence[str]) -> list[Verdict]:
         if compress:
@@ -199,10 +196,6 @@ def kernel_disagreements(flows: Sequence[CallFlow], model: Sequence[FlowOutcome]
                 break  # the first disagreement of a flow; later packets follow from it
     return out
 
-
-def sip_helper_ports(profile: EmergencyProfile) -> tuple[int, ...]:
-    """Ports the kernel's SIP helper watches: the cleartext SIP ports (it cannot read TLS)."""
-    return tuple(sorted({port for transport, port in profile.sip.items() if transport != "tls"}))
 
 
 def group(outcomes: Sequence[FlowOutcome]) -> list[FlowResult]:
@@ -318,7 +311,7 @@ def check(ruleset: RulesetLike, profile: ProfileLike, *, baseline: RulesetLike |
         if why:
             raise InputError("--engine", 0, f"the kernel engine cannot run here: {why}")
         with KernelFirewall(rs, firewall=prof.firewall, interfaces=prof.interfaces,
-                            sip_ports=sip_helper_ports(prof)) as firewall:
+                            sip_ports=prof.sip_helper_ports) as firewall:
             outcomes = replay_flows(rs, prof, flows, firewall.replay)
         if engine == "both":
             # The kernel meets the packets back to back (no timeouts, no token refill):

@@ -196,7 +196,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     native_hook = profile.firewall if profile else path
     spec = parse_packet_spec(args.packet)
     explanation = explain(ruleset, spec.record, path=path, state=spec.state or "new", native_hook=native_hook)
-    sys.stdout.write(render_explanation(explanation, spec.record))
+    sys.stdout.write(render_explanation(explanation))
     return EXIT_PASS if explanation.verdict.accepted else EXIT_FAIL
 
 
@@ -280,7 +280,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.profile:
             raise
     hook = profile.firewall if profile else "forward"
-    sip_ports = tuple(p for t, p in profile.sip.items() if t != "tls") if profile else (5060,)
+    sip_ports = profile.sip_helper_ports if profile else (5060,)
     if args.to == "nft":
         sys.stdout.write(to_nft(ruleset, native_hook=hook, sip_ports=sip_ports))
         return EXIT_PASS

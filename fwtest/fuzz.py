@@ -987,7 +987,6 @@ def gate_check(judge: PathJudge, ruleset: Ruleset, candidates: Sequence[tuple[Se
     stack = contextlib.ExitStack()
     with stack:
         if use_kernel and reason is None:
-            from fwtest.api import sip_helper_ports
             from fwtest.oracle import KernelFirewall
             from fwtest.rules.native import ruleset_from_dict
 
@@ -996,7 +995,7 @@ def gate_check(judge: PathJudge, ruleset: Ruleset, candidates: Sequence[tuple[Se
             start = ruleset_from_dict({"name": "fwtest-gate-start", "policy": "accept", "rules": []})
             fw = stack.enter_context(KernelFirewall(start, firewall=profile.firewall,
                                                     interfaces=profile.interfaces,
-                                                    sip_ports=sip_helper_ports(profile), backend="nft"))
+                                                    sip_ports=profile.sip_helper_ports, backend="nft"))
             sample = _kernel_sample(judge.flows, profile.hooks())
             gate.kernel = "netfilter (nft) in network namespaces"
         else:
@@ -1054,7 +1053,6 @@ def _kernel_rows(fw: Any, ruleset: Ruleset, profile: EmergencyProfile, sample: S
                  ) -> tuple[set[Row], list[dict[str, Any]]]:
     """Rows whose sampled packets the kernel drops where the model, on the same compressed
     timeline, accepts them (and every packet-level disagreement, for the report)."""
-    from fwtest.api import sip_helper_ports
     from fwtest.engine import replay
 
     # Loading an edited ruleset from its files would load the unedited file: export the IR.
@@ -1065,7 +1063,7 @@ def _kernel_rows(fw: Any, ruleset: Ruleset, profile: EmergencyProfile, sample: S
     for flow, records, directions in sample:
         kernel = fw.replay(records, directions)
         model = replay(ruleset, records, [hooks[d] for d in directions], native_hook=profile.firewall,
-                       sip_ports=sip_helper_ports(profile))
+                       sip_ports=profile.sip_helper_ports)
         for i, (k, m) in enumerate(zip(kernel, model, strict=True)):
             if k.accepted != m.accepted:
                 disagreements.append({"row": _row_name(flow.key), "packet": i, "record": records[i].short(),

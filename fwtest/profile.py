@@ -59,6 +59,11 @@ class EmergencyProfile:
         return tuple(f for f in (4, 6)
                      if any(n.version == f for n in self.psap) and any(n.version == f for n in self.peers))
 
+    @property
+    def sip_helper_ports(self) -> tuple[int, ...]:
+        """Ports the kernel's SIP helper watches: the cleartext SIP ports (it cannot read TLS)."""
+        return tuple(sorted({port for transport, port in self.sip.items() if transport != "tls"}))
+
     def networks(self, side: str, family: int) -> tuple[Network, ...]:
         nets = self.psap if side == "psap" else self.peers
         return tuple(n for n in nets if n.version == family)

@@ -34,7 +34,7 @@ from typing import TextIO
 
 import numpy as np
 
-from fwtest.api import Finding, RulesetLike, rule_ref, sip_helper_ports
+from fwtest.api import Finding, RulesetLike, rule_ref
 from fwtest.engine import Engine
 from fwtest.engine.fastpath import ChunkVerdicts, FastEngine
 from fwtest.engine.verdict import Verdict
@@ -125,7 +125,7 @@ def stream_verdicts(ruleset: Ruleset, frames: Iterator[tuple[int, PacketRecord]]
     decided, so output stays in capture order.
     """
     orientation = Orientation(profile)
-    engine = Engine(ruleset, native_hook=profile.firewall, sip_ports=sip_helper_ports(profile))
+    engine = Engine(ruleset, native_hook=profile.firewall, sip_ports=profile.sip_helper_ports)
     pending: dict[int, tuple[int, PacketRecord]] = {}
     decided: dict[int, Verdict] = {}
     next_out = 0
@@ -164,7 +164,7 @@ def replay_capture(rules: RulesetLike, pcap: str | Path, profile: EmergencyProfi
     result = CaptureReplay(pcap=str(pcap), ruleset=", ".join(ruleset.files) or ruleset.name,
                            reconstruction=None, read=stats)  # type: ignore[arg-type]
     orientation = Orientation(profile)
-    ports = sip_helper_ports(profile)
+    ports = profile.sip_helper_ports
     fast = FastEngine(Engine(ruleset, native_hook=profile.firewall, sip_ports=ports), orientation.oriented)
     builder = _CallBuilder(ports, {profile.sip.get("tls", 5061)})
     accounting = _Accounting(result, builder, on_packet)
@@ -206,7 +206,7 @@ def replay_capture_plain(rules: RulesetLike, pcap: str | Path, profile: Emergenc
 
     records = _Split(decided())
     result.reconstruction = reconstruct(records.records(), records.verdicts(), numbered=True,
-                                        sip_ports=sip_helper_ports(profile),
+                                        sip_ports=profile.sip_helper_ports,
                                         tls_ports={profile.sip.get("tls", 5061)})
     result.packets = sum(verdicts.values())
     result.verdicts = verdicts

@@ -8,9 +8,6 @@ the tools, so there they always run.
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,19 +21,9 @@ settings.register_profile(
 settings.load_profile("fwtest")
 
 
-def kernel_unavailable() -> str | None:
-    """Why kernel tests cannot run here, or None when they can."""
-    if not sys.platform.startswith("linux"):
-        return "needs Linux netfilter"
-    if os.geteuid() != 0:
-        return "needs root (network namespaces)"
-    missing = [t for t in ("ip", "nft", "iptables-restore", "ip6tables-restore") if not shutil.which(t)]
-    if missing:
-        return f"needs {', '.join(missing)} (apt-get install iproute2 nftables iptables)"
-    return None
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from fwtest.oracle import kernel_unavailable  # the oracle's own answer, one definition
+
     reason = kernel_unavailable()
     if reason is None:
         return

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from fwtest.engine.explain import Explanation
-from fwtest.traffic.record import PacketRecord
 
 
-def render_explanation(explanation: Explanation, record: PacketRecord) -> str:
+def render_explanation(explanation: Explanation) -> str:
     return "\n".join(explanation.lines()) + "\n"

@@ -107,10 +107,6 @@ def build_witness(cls: PacketClass, point: dict[str, int], space: HeaderSpace) -
     return record
 
 
-def sip_helper_ports(profile: EmergencyProfile) -> tuple[int, ...]:
-    """Ports the kernel's SIP helper watches: the cleartext SIP ports (it cannot read TLS)."""
-    return tuple(sorted({port for transport, port in profile.sip.items() if transport != "tls"}))
-
 
 class Confirmer:
     """The engine's verdicts on witness packets of one ruleset.
@@ -141,7 +137,7 @@ class Confirmer:
 
         if self._engine is None:
             self._engine = Engine(self.ruleset, native_hook=self.profile.firewall,
-                                  sip_ports=sip_helper_ports(self.profile))
+                                  sip_ports=self.profile.sip_helper_ports)
         return self._engine
 
     def verdict(self, cls: PacketClass, record: PacketRecord, state: str) -> Verdict:
@@ -180,7 +176,7 @@ def replay_one(ruleset: Ruleset, profile: EmergencyProfile, cls: PacketClass, re
     from fwtest.engine import replay
 
     return replay(ruleset, [record], cls.path, native_hook=profile.firewall,
-                  sip_ports=sip_helper_ports(profile))[0]
+                  sip_ports=profile.sip_helper_ports)[0]
 
 
 def engine_verdict(ruleset: Ruleset, profile: EmergencyProfile, cls: PacketClass, record: PacketRecord,

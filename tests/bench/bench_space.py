@@ -144,10 +144,9 @@ def sampled_replay(ruleset, profile, flows) -> tuple[float, float, int, int, int
     engine (compiled once; each flow starts on fresh state, an hour after the last one).
     Returns (compile seconds, replay seconds, packets, distinct headers, packets dropped)."""
     from fwtest.engine import Engine
-    from fwtest.space.witness import sip_helper_ports
 
     t = time.perf_counter()
-    engine = Engine(ruleset, native_hook=profile.firewall, sip_ports=sip_helper_ports(profile))
+    engine = Engine(ruleset, native_hook=profile.firewall, sip_ports=profile.sip_helper_ports)
     compiled = time.perf_counter() - t
     hooks = profile.hooks()
     gap = 10 ** 7   # longer than every timeout and bucket refill of these rulesets

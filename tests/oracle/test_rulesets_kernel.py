@@ -52,7 +52,7 @@ def kernel_firewall(profile):
 
 
 def sip_ports(profile) -> tuple[int, ...]:
-    return tuple(sorted({port for transport, port in profile.sip.items() if transport in ("udp", "tcp")}))
+    return profile.sip_helper_ports
 
 
 def compare(ruleset: Ruleset, profile, flows, fw: KernelFirewall, counter: dict) -> list[str]:

@@ -46,6 +46,10 @@ class MsrpBodyField(StrField):
     def getfield(self, pkt: Packet, s: bytes) -> tuple[bytes, bytes]:
         if s.startswith(END_LINE_DASHES):
             return s, b""
+        # The blank line after the headers, then the data: data that itself
+        # starts with dashes is still the body (it comes after the blank line).
+        if s.startswith(b"\r\n"):
+            s = s[2:]
         end = s.find(b"\r\n" + END_LINE_DASHES + _transaction_id(pkt))
         if end < 0:
             return b"", s

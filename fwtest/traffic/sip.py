@@ -44,7 +44,8 @@ class LineField(StrField):
 
 
 class HeaderListField(Field):
-    """Header fields ``[(name, value), ...]`` (str), up to and including the blank line.
+    """Header fields ``[(name, value), ...]`` (str), up to and including the blank line
+    (with ``stop``: up to the blank line, which belongs to the body that follows).
 
     Folded lines (RFC 3261 7.3.1) are unfolded into one value. A value of
     None for Content-Length is replaced by the length of the packet's body.
@@ -79,8 +80,8 @@ class HeaderListField(Field):
                 line, nxt = s[pos:].rstrip(b"\r"), len(s)
             else:
                 line, nxt = s[pos:end].rstrip(b"\r"), end + 1
-            if self.stop and line.startswith(self.stop):
-                break  # leave the end-line for the next field
+            if self.stop and (line.startswith(self.stop) or not line):
+                break  # leave the end-line, or the blank line before a body, for the next field
             pos = nxt
             if not line:
                 break

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.packet import Raw
@@ -39,6 +39,9 @@ def test_response_has_no_body_and_swapped_paths():
 @settings(max_examples=100)
 @given(st.binary(max_size=400).filter(lambda b: b"\r\n-------" not in b),
        st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=4, max_size=16))
+@example(b"-------", "0000")        # data that starts like an end-line is still the body
+@example(b"", "0000")
+@example(b"\r\nabc", "0000")
 def test_round_trip_over_tcp_2855(body, tid):
     send = msrp_send(tid, TO, FROM, message_id="m1", body=body)
     wire = IP(bytes(IP(src="198.51.100.7", dst="203.0.113.10") / TCP(sport=40000, dport=2855) / send))

@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="fwtest", description="Prove that a firewall change cannot cut the 911 call path.")
-    parser.add_argument("--version", action="version", version=f"fwtest {_version()}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print fwtest's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     check = sub.add_parser("check", help="does the emergency path get through these rules?")
@@ -111,6 +111,14 @@ def _engine_arg(p: argparse.ArgumentParser) -> None:
 def _profile_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", metavar="P",
                    help="profile YAML (default: [tool.fwtest] in pyproject.toml, else fwtest.yaml)")
+
+
+class _Version(argparse.Action):
+    # argparse's "version" action wants the string up front; reading the
+    # installed metadata costs every command 10 ms, so it is read when asked.
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        sys.stdout.write(f"fwtest {_version()}\n")
+        parser.exit()
 
 
 def _version() -> str:

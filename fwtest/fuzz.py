@@ -1495,8 +1495,8 @@ def run_fuzz_command(rules: Sequence[str], profile: EmergencyProfile, *, max_exa
         # directory it runs in, so they go to fwtest's cache instead.
         from hypothesis.configuration import set_hypothesis_home_dir
 
-        from fwtest.traffic.synth import cache_dir
-        set_hypothesis_home_dir(cache_dir() / "hypothesis")
+        from fwtest import cache
+        set_hypothesis_home_dir(cache.directory() / "hypothesis")
     report = fuzz(list(rules), profile, max_examples=max_examples, seed=seed, mode=mode, kernel=kernel,
                   seeds=seeds, kinds=kinds)
     if output_format == "json":

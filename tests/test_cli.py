@@ -115,3 +115,12 @@ def test_explain_walks_the_reference(capsys, spec):
     code = main(["explain", REFERENCE, spec, "--profile", PROFILE])
     out = capsys.readouterr().out
     assert code == 0 and "accept" in out.lower()
+
+
+def test_version_is_the_installed_one(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"fwtest {version('fwtest')}\n"

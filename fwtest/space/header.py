@@ -44,6 +44,7 @@ Backends: ``dd.cudd`` (CUDD) when it imports, else the pure-Python
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -89,11 +90,26 @@ def load_backend(name: str | None = None) -> Any:
     if name is not None:
         if name not in ("cudd", "autoref"):
             raise ValueError(f"unknown BDD backend {name!r} (cudd or autoref)")
-        return importlib.import_module(f"dd.{name}")
+        return _import_dd(f"dd.{name}")
     try:
-        return importlib.import_module("dd.cudd")
+        return _import_dd("dd.cudd")
     except ImportError:
-        return importlib.import_module("dd.autoref")
+        return _import_dd("dd.autoref")
+
+
+def _import_dd(module: str) -> Any:
+    # dd imports networkx (about 0.1 s, a sixth of `fwtest check`'s start-up)
+    # for graph exports fwtest never asks for, and dd treats it as optional
+    # (dd/_utils.py catches its ImportError). So dd is loaded with networkx
+    # hidden; a networkx already imported, or imported later, is not touched.
+    if "networkx" in sys.modules or "dd._utils" in sys.modules:
+        return importlib.import_module(module)
+    sys.modules["networkx"] = None  # type: ignore[assignment]  # `import networkx` raises ImportError
+    try:
+        return importlib.import_module(module)
+    finally:
+        if sys.modules.get("networkx", 0) is None:
+            del sys.modules["networkx"]
 
 
 @dataclass(frozen=True)

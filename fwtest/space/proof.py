@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fwtest import cache
 from fwtest.engine.verdict import Verdict
 from fwtest.errors import InputError
 from fwtest.profile import EmergencyProfile
@@ -376,7 +377,7 @@ def classes_for(space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfile,
     if cached is not None and cached[0] is flows:
         classes = cached[1]
     else:
-        classes = profile_classes(profile, ruleset, flows)
+        classes = _stored_profile_classes(profile, ruleset, flows)
         if len(_CLASSES) >= 8:
             _CLASSES.pop(next(iter(_CLASSES)))
         _CLASSES[key] = (flows, classes)
@@ -384,6 +385,27 @@ def classes_for(space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfile,
     if any(r.action.kind == "ct_helper" for r in ruleset.rules()):
         pc = ProfileCompile(space, ruleset, profile, classes)
         classes = profile_classes(profile, ruleset, flows, helper_of=helper_decider(space, ruleset, pc))
+    return classes
+
+
+def _stored_profile_classes(profile: EmergencyProfile, ruleset: Ruleset,
+                            flows: Sequence[CallFlow]) -> list[PacketClass]:
+    """profile_classes, read from the on-disk cache when ``flows`` came from it.
+
+    The classes depend on the flows, the profile and the ruleset's conntrack
+    settings alone (not its rules: ct-helper rules are decided afterwards).
+    """
+    flows_key = getattr(flows, "key", None)  # synthesize()'s flows carry their cache key
+    if flows_key is None:
+        return profile_classes(profile, ruleset, flows)
+    ct = ruleset.conntrack
+    entry = cache.key("classes", flows_key, cache.profile_identity(profile), ct.enabled,
+                      tuple(sorted(ct.helpers)), tuple(sorted(ct.timeouts.items())))
+    classes = cache.load("classes", entry)
+    if isinstance(classes, list) and all(isinstance(c, PacketClass) for c in classes):
+        return classes
+    classes = profile_classes(profile, ruleset, flows)
+    cache.store("classes", entry, classes)
     return classes
 
 

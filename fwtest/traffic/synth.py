@@ -16,25 +16,20 @@ direction; TCP ACKs take the phase of the data they acknowledge.
 
 Every packet is built with Scapy (``fwtest.traffic.builders``) and handed on
 as a ``PacketRecord``. Synthesis is deterministic for a seed, and its result
-is cached on disk (``$XDG_CACHE_HOME/fwtest``, ``FWTEST_CACHE=0`` disables):
-``fwtest check`` must start faster than Scapy imports, and a warm cache is
-read without importing Scapy at all.
+is cached on disk (``fwtest.cache``): a warm cache is read without importing
+Scapy at all.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-import os
-import pickle
 import random
-import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fwtest import cache
 from fwtest.profile import EmergencyProfile
 from fwtest.traffic._rawip import UdpFieldPatcher
 from fwtest.traffic.callflow import CallFlow, FlowStep
@@ -43,8 +38,6 @@ from fwtest.traffic.record import PacketRecord, parse_ip
 if TYPE_CHECKING:  # builders imports Scapy: only when synthesising for real
     from fwtest.traffic.builders import SipDialog, TcpConnection, UdpChannel, Wired
 
-CACHE_FORMAT = 1
-CACHE_ENTRIES = 16                # synthesised profiles kept on disk (about 10 MB each)
 INSTANCES_PER_PREFIX = 3          # first, middle and last usable host
 PTIME = 0.020                     # 20 ms packetisation (RFC 3551 4.5: PCMU default)
 BURST_PACKETS = 50                # the first second of media at full rate, then one per second
@@ -58,90 +51,34 @@ WALLCLOCK = 1718734800            # 2024-06-18 18:20:00 UTC, for RTCP NTP timest
 
 
 # ----------------------------------------------------------------------------
-# Public entry point and its cache
+# Public entry point
 
 
-def synthesize(profile: EmergencyProfile, *, seed: int = 0) -> list[CallFlow]:
+class SynthesisedFlows(list[CallFlow]):
+    """The flows of one profile and seed; ``key`` names them in the cache (``fwtest.cache``),
+    so what is derived from them alone (the proof's packet classes) can be cached too."""
+
+    key: str
+
+
+def synthesize(profile: EmergencyProfile, *, seed: int = 0) -> SynthesisedFlows:
     """Every synthetic call flow of the profile, deterministic for ``seed``."""
-    use_cache = os.environ.get("FWTEST_CACHE", "1") != "0"
-    path = cache_path(profile, seed) if use_cache else None
-    if path is not None:
-        flows = _load(path)
-        if flows is not None:
-            return flows
-    flows = _synthesize(profile, seed)
-    if path is not None:
-        _store(path, flows)
-    return flows
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fwtest"
+    entry = cache_key(profile, seed)
+    flows = cache.load("flows", entry)
+    if not (isinstance(flows, list) and all(isinstance(f, CallFlow) for f in flows)):
+        flows = _synthesize(profile, seed)
+        cache.store("flows", entry, flows)
+    out = SynthesisedFlows(flows)
+    out.key = entry
+    return out
 
 
 def cache_key(profile: EmergencyProfile, seed: int) -> str:
-    """Hash of everything the synthesised bytes depend on: the profile's path-relevant
-    fields, the seed, this package's traffic sources and the Scapy that builds them."""
-    h = hashlib.sha256()
-    fields = (CACHE_FORMAT, seed, profile.firewall,
-              tuple(str(n) for n in profile.psap), tuple(str(n) for n in profile.peers),
-              tuple(sorted(profile.sip.items())), profile.rtp_psap, profile.rtp_peers, profile.msrp,
-              profile.flows, (profile.surge.calls, profile.surge.seconds) if profile.surge else None,
-              tuple(sorted(profile.interfaces.items())), profile.call_seconds,
-              sys.version_info[:2])
-    h.update(repr(fields).encode())
-    here = Path(__file__).resolve().parent
-    for source in sorted(here.glob("*.py")):
-        h.update(source.name.encode())
-        h.update(source.read_bytes())
-    h.update(_scapy_identity().encode())
-    return h.hexdigest()
+    return cache.key("flows", seed, cache.profile_identity(profile))
 
 
 def cache_path(profile: EmergencyProfile, seed: int) -> Path:
-    return cache_dir() / f"flows-{cache_key(profile, seed)[:32]}.pickle"
-
-
-def _scapy_identity() -> str:
-    # Where Scapy lives and when it was installed, without importing it
-    # (importing it is exactly the cost the cache avoids).
-    import importlib.util
-
-    spec = importlib.util.find_spec("scapy")
-    if spec is None or spec.origin is None:
-        return "no-scapy"
-    st = os.stat(spec.origin)
-    return f"{spec.origin}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def _load(path: Path) -> list[CallFlow] | None:
-    try:
-        with open(path, "rb") as f:
-            flows = pickle.load(f)
-    except FileNotFoundError:
-        return None
-    except Exception:
-        # A truncated or foreign cache entry is only a lost shortcut: rebuild it.
-        return None
-    if not isinstance(flows, list) or not all(isinstance(f, CallFlow) for f in flows):
-        return None
-    return flows
-
-
-def _store(path: Path, flows: list[CallFlow]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".flows-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(flows, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
-        # Every edit of a profile (or of fwtest) makes a new entry: keep the newest few.
-        entries = sorted(path.parent.glob("flows-*.pickle"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in entries[CACHE_ENTRIES:]:
-            old.unlink(missing_ok=True)
-    except OSError:
-        return  # a read-only home only costs the cache
+    return cache.path("flows", cache_key(profile, seed))
 
 
 # ----------------------------------------------------------------------------

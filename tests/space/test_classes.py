@@ -100,3 +100,33 @@ def test_reassembly_gives_the_datagram_the_fragments_carry():
     flow6 = next(f for f in flows() if f.flow == "emergency-call" and f.transport == "udp" and f.family == 6)
     whole6 = reassemble(datagram(flow6))
     assert whole6.data[6] == 17 and whole6.dport == 5060 and b"urn:service:sos" in whole6.payload
+
+
+def test_the_classes_are_cached_with_their_flows_and_never_read_stale(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from fwtest import cache
+    from fwtest.space.proof import _stored_profile_classes
+    from fwtest.traffic.synth import SynthesisedFlows
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("FWTEST_CACHE", raising=False)
+    synthesised = SynthesisedFlows(flows())
+    synthesised.key = "test-flows"
+    fresh = profile_classes(profile(), reference(), flows())
+    assert _stored_profile_classes(profile(), reference(), synthesised) == fresh
+    (entry,) = (tmp_path / "fwtest").glob("classes-*.pickle")
+    # Read back, not recomputed: a stored value that differs is what comes out.
+    cache.store("classes", entry.stem.removeprefix("classes-"), fresh[:1])
+    assert _stored_profile_classes(profile(), reference(), synthesised) == fresh[:1]
+    # A corrupt entry is rebuilt.
+    entry.write_bytes(b"\x80\x05not a pickle")
+    assert _stored_profile_classes(profile(), reference(), synthesised) == fresh
+    # Other conntrack timeouts, other flows or another profile: another entry.
+    ct = reference().conntrack
+    shorter = replace(reference(), conntrack=replace(ct, timeouts={**ct.timeouts, "udp_stream": 60}))
+    assert _stored_profile_classes(profile(), shorter, synthesised) == profile_classes(profile(), shorter, flows())
+    synthesised.key = "other-flows"
+    _stored_profile_classes(profile(), reference(), synthesised)
+    _stored_profile_classes(replace(profile(), call_seconds=30), reference(), synthesised)
+    assert len(list((tmp_path / "fwtest").glob("classes-*.pickle"))) == 4

@@ -112,3 +112,21 @@ def test_count_counts_headers(space):
         & space.range("sport", 1, 10) & space.eq("frag", 0) & space.state("new") \
         & space.iface("iif", "eth0") & space.iface("oif", "eth1")
     assert space.count(u) == 2 * 4 * 10
+
+
+def test_dd_loads_without_networkx_and_leaves_it_importable():
+    # load_backend hides networkx while dd imports (start-up time); dd must
+    # still work, and networkx must stay importable for whoever wants it.
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from fwtest.space.header import load_backend\n"
+            "bdd = load_backend().BDD()\n"
+            "bdd.declare('x', 'y')\n"
+            "assert bdd.add_expr('x & y') != bdd.false\n"
+            "assert 'networkx' not in sys.modules, 'networkx was imported'\n"
+            "import networkx\n"
+            "assert networkx.DiGraph\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr

@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from fwtest import cache
 from fwtest.profile import load_profile
 from fwtest.traffic import synth
 from fwtest.traffic.callflow import CallFlow
@@ -349,12 +350,12 @@ def test_cache_round_trip_without_scapy(tmp_path, monkeypatch):
 def test_cache_keeps_the_newest_entries(tmp_path):
     folder = tmp_path / "cache" / "fwtest"
     folder.mkdir(parents=True)
-    for i in range(synth.CACHE_ENTRIES + 4):
+    for i in range(cache.ENTRIES + 4):
         old = folder / f"flows-{i:032x}.pickle"
         old.write_bytes(b"old")
         os.utime(old, (1000 + i, 1000 + i))
     profile = load_profile({**PROFILE, "flows": ["options-keepalive"], "surge": None, "sip": {"udp": 5060}})
     synthesize(profile)
     left = sorted(folder.glob("flows-*.pickle"))
-    assert len(left) == synth.CACHE_ENTRIES and synth.cache_path(profile, 0) in left
+    assert len(left) == cache.ENTRIES and synth.cache_path(profile, 0) in left
     assert not (folder / f"flows-{0:032x}.pickle").exists()      # the oldest went first

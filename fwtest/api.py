@@ -338,8 +338,9 @@ def check(ruleset: RulesetLike, profile: ProfileLike, *, baseline: RulesetLike |
             report.findings.extend(proof_findings(report.proof))
             report.stats["proof_classes"] = len(report.proof.results)
         if analysis:
-            shared = report.proof.space if report.proof is not None else None  # one BDD manager for both
-            report.analysis = space.analyze(rs, prof, flows=flows, space=shared).to_json()
+            # One BDD manager and one set of payload probes for both.
+            shared, judge = (report.proof.space, report.proof.judge) if report.proof is not None else (None, None)
+            report.analysis = space.analyze(rs, prof, flows=flows, space=shared, judge=judge).to_json()
         timings["proof_seconds"] = time.perf_counter() - mark
     if traces:
         from fwtest.replay import replay_captures, trace_findings

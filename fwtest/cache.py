@@ -11,8 +11,9 @@ Scapy installed. Editing fwtest, upgrading Scapy or changing the profile
 therefore never reads a stale entry. A missing, truncated or foreign entry
 is only a lost shortcut: the caller rebuilds it.
 
-Entries live in ``$XDG_CACHE_HOME/fwtest`` (``~/.cache/fwtest``);
-``FWTEST_CACHE=0`` reads and writes nothing.
+Entries live in ``$FWTEST_CACHE_DIR``, else ``$XDG_CACHE_HOME/fwtest``
+(``~/.cache/fwtest``); ``FWTEST_CACHE=0`` reads and writes nothing. A CI job
+that keeps this directory between runs (action.yml does) checks warm.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def enabled() -> bool:
 
 
 def directory() -> Path:
+    explicit = os.environ.get("FWTEST_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "fwtest"
 

@@ -85,8 +85,13 @@ def without_rule(ruleset: Ruleset, rule: Rule) -> Ruleset:
 
 
 def analyze(ruleset: Ruleset, profile: EmergencyProfile, *, flows: Sequence[CallFlow] | None = None,
-            space: HeaderSpace | None = None, backend: str | None = None) -> Analysis:
-    """Load-bearing, shadowed, unreachable and redundant rules of ``ruleset`` for ``profile``."""
+            space: HeaderSpace | None = None, backend: str | None = None,
+            judge: AtomJudge | None = None) -> Analysis:
+    """Load-bearing, shadowed, unreachable and redundant rules of ``ruleset`` for ``profile``.
+
+    ``judge``: the AtomJudge of a proof of the same ruleset in the same ``space``
+    (``Proof.judge``), whose payload probes are then not run again.
+    """
     started = time.perf_counter()
     if flows is None:
         from fwtest.traffic.synth import synthesize
@@ -94,7 +99,8 @@ def analyze(ruleset: Ruleset, profile: EmergencyProfile, *, flows: Sequence[Call
     space = space or HeaderSpace.for_rulesets([ruleset], profile, backend=backend)
     classes = classes_for(space, ruleset, profile, flows)
     pc = ProfileCompile(space, ruleset, profile, classes, track=True)
-    judge = AtomJudge(space, ruleset, profile)
+    if judge is None or judge.space is not space or judge.ruleset is not ruleset or judge.profile is not profile:
+        judge = AtomJudge(space, ruleset, profile)
     load_bearing = _load_bearing(space, ruleset, profile, classes, pc, judge)
     profiled = time.perf_counter()
     shadowed, unreachable, redundant, notes = _structure(space, ruleset, profile)
@@ -112,6 +118,8 @@ def _load_bearing(space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfil
             val = judge.valuation(cls, state)
             region = pc.region(cls, (state,))
             evaluations.append((cls, state, val, region, region & pc.accept(cls.path, val)))
+    # Few distinct valuations: restrict each rule's matched set once per (path, valuation).
+    restricted: dict[tuple, Any] = {}
     out = []
     for chain in ruleset.chains.values():
         for rule in chain.rules:
@@ -123,7 +131,11 @@ def _load_bearing(space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfil
                 matched = pc.compiled[cls.path].matched.get(rule.id)
                 if matched is None:
                     continue
-                hit = space.let_atoms(matched, val) & region
+                rkey = (rule.id, cls.path, tuple(val.items()))
+                under = restricted.get(rkey)
+                if under is None:
+                    under = restricted[rkey] = space.let_atoms(matched, val)
+                hit = under & region
                 if hit != space.false:
                     touched.append((cls, state, val, region, accepted, hit))
             if not touched:

@@ -157,6 +157,7 @@ class Proof:
     compiled: dict[str, Compiled]
     classes: list[PacketClass]
     stats: dict[str, Any] = field(default_factory=dict)
+    judge: AtomJudge | None = field(default=None, compare=False, repr=False)  # its probes, for analyze
 
     @property
     def passed(self) -> bool:
@@ -191,6 +192,7 @@ class AtomJudge:
         self.ruleset = ruleset
         self.profile = profile
         self._l7: dict[tuple, bool] = {}
+        self._views: dict[tuple, Any] = {}     # one PacketView per packet and state: SIP parsed once
         self._compiled: dict[str, tuple] = {}
 
     def probe(self, atom: Atom, record: PacketRecord, path: str, state: str) -> bool:
@@ -201,7 +203,11 @@ class AtomJudge:
         key = (atom.var, record.payload if atom.kind == "sip" else record.data, record.frag)
         got = self._l7.get(key)
         if got is None:
-            p = PacketView(record, state if self.ruleset.conntrack.enabled else "untracked")
+            state = state if self.ruleset.conntrack.enabled else "untracked"
+            view_key = (record.data, record.payload_offset, record.frag, state)
+            p = self._views.get(view_key)
+            if p is None:
+                p = self._views[view_key] = PacketView(record, state)
             got = all(test(p) for test in self._tests(atom))
             self._l7[key] = got
         return got
@@ -524,7 +530,7 @@ def prove(ruleset: Ruleset, profile: EmergencyProfile, *, flows: Sequence[CallFl
              "synth_seconds": round(synthesised - started, 3),
              "compile_seconds": round(compiled_at - synthesised, 3),
              "proof_seconds": round(done - compiled_at, 3)}
-    return Proof(ruleset, profile, results, findings, space, pc.compiled, classes, stats)
+    return Proof(ruleset, profile, results, findings, space, pc.compiled, classes, stats, judge)
 
 
 def _surge_findings(prover: _Prover, classes: Sequence[PacketClass]) -> list[ProofFinding]:

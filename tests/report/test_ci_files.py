@@ -79,6 +79,18 @@ def test_gitlab_snippet_reports_the_junit_file_it_writes():
     assert "--baseline git:origin/$target" in script and job["variables"]["GIT_DEPTH"] == "0"
 
 
+def test_ci_keeps_the_fwtest_cache_it_points_fwtest_at():
+    # The synthesised calls are rebuilt on a cold cache (about a second): both CI
+    # templates keep the directory fwtest is told to use between runs.
+    restore = step("Restore fwtest's cache")
+    assert restore["uses"].startswith("actions/cache@") and "inputs.cache" in restore["if"]
+    assert step("Check the 911 path")["env"]["FWTEST_CACHE_DIR"] == restore["with"]["path"]
+    assert restore["with"]["restore-keys"] and restore["with"]["key"].startswith(restore["with"]["restore-keys"])
+    job = GITLAB["fwtest"]
+    kept = job["variables"]["FWTEST_CACHE_DIR"].replace("$CI_PROJECT_DIR/", "")
+    assert [p.rstrip("/") for p in job["cache"]["paths"]] == [kept]
+
+
 def test_pre_commit_hook():
     (hook,) = HOOKS
     assert hook["id"] == "fwtest-check" and hook["language"] == "python"

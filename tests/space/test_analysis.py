@@ -81,3 +81,19 @@ def test_a_drop_is_never_load_bearing_even_when_widening_it_would_break():
     j = analysis.to_json()
     assert {"load_bearing", "shadowed", "unreachable", "redundant"} <= set(j)
     assert all({"id", "file", "line", "breaks"} <= set(x) for x in j["load_bearing"])
+
+
+def test_an_analysis_sharing_the_proofs_probes_says_the_same():
+    # check runs the analysis with the proof's space and AtomJudge (start-up time):
+    # the result must be the analysis on its own, on a ruleset with sip and string atoms.
+    from pathlib import Path
+
+    from space_helpers import load
+
+    rs = load(Path(REFERENCE).parent / "broken" / "string-hits-sos.yaml")
+    proof = prove(rs, profile(), flows=flows())
+    shared = analyze(rs, profile(), flows=flows(), space=proof.space, judge=proof.judge)
+    alone = analyze(rs, profile(), flows=flows())
+    assert proof.judge is not None and proof.judge.payload_atoms()
+    assert shared.to_json()["load_bearing"] == alone.to_json()["load_bearing"]
+    assert shared.to_json() | {"stats": None} == alone.to_json() | {"stats": None}

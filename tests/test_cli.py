@@ -124,3 +124,19 @@ def test_version_is_the_installed_one(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out == f"fwtest {version('fwtest')}\n"
+
+
+def test_a_warm_check_imports_neither_scapy_nor_networkx(tmp_path):
+    # Start-up (README, tests/bench/bench_startup.py): with the cache warm,
+    # `fwtest check` must not pay for Scapy's import, nor for networkx via dd.
+    import os
+
+    env = {**os.environ, "FWTEST_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("FWTEST_CACHE", None)
+    code = ("import sys\nfrom fwtest.cli import main\n"
+            f"code = main(['check', {REFERENCE!r}, '--profile', {PROFILE!r}, '--format', 'json'])\n"
+            "print(code, sorted({m.split('.')[0] for m in sys.modules} & {'scapy', 'networkx'}), file=sys.stderr)\n")
+    cold = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert cold.stderr.split("\n")[-2] == "0 ['scapy']"         # the first run builds the calls with Scapy
+    warm = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert warm.stderr.split("\n")[-2] == "0 []"

@@ -339,8 +339,8 @@ def check(ruleset: RulesetLike, profile: ProfileLike, *, baseline: RulesetLike |
             report.stats["proof_classes"] = len(report.proof.results)
         if analysis:
             # One BDD manager and one set of payload probes for both.
-            shared, judge = (report.proof.space, report.proof.judge) if report.proof is not None else (None, None)
-            report.analysis = space.analyze(rs, prof, flows=flows, space=shared, judge=judge).to_json()
+            shared, probes = (report.proof.space, report.proof.judge) if report.proof is not None else (None, None)
+            report.analysis = space.analyze(rs, prof, flows=flows, space=shared, judge=probes).to_json()
         timings["proof_seconds"] = time.perf_counter() - mark
     if traces:
         from fwtest.replay import replay_captures, trace_findings

@@ -211,9 +211,9 @@ CANONICAL_LIMIT = {False: LimitMatch(1.0, 1, False, (), text="limit (canonical)"
 def _canonical_limits(ruleset: Ruleset) -> tuple[Ruleset, dict[str, LimitMatch]]:
     """The ruleset with every rate limit replaced by a canonical one of the same sense.
 
-    In the proof a limit is an atom that is "under the limit" for single calls
-    (its rate never matters there); only the surge judges rates, and it takes
-    the real limits from the returned map. Canonical limits keep the BDD
+    In the proof a limit is an atom (is the bucket dry?) whose header part never
+    depends on the rate; only the judgement on the flows' timelines does, and it
+    takes the real limits from the returned map. Canonical limits keep the BDD
     variables the same for every rate an edit may choose.
     """
     from fwtest.rules.ir import Chain
@@ -243,7 +243,7 @@ class ProofJudge:
                  extra: Iterable[Ruleset] = ()) -> None:
         from fwtest.rules.ir import StringMatch
         from fwtest.space.header import HeaderSpace, rule_atom_keys
-        from fwtest.space.proof import AtomJudge, classes_for
+        from fwtest.space.proof import AtomJudge, profile_classes_for
         from fwtest.strategies import STRING_PATTERNS
 
         self.base = base
@@ -270,8 +270,9 @@ class ProofJudge:
         self.space = HeaderSpace(interfaces=names, atoms=list(atoms))
         self._atom_keys = set(atoms)
         self._rule_atom_keys = rule_atom_keys
-        self._classes_for = classes_for
-        self.classes = classes_for(self.space, _canonical_limits(base)[0], profile, self.flows)
+        self._classes_for = profile_classes_for
+        self.classified = profile_classes_for(self.space, _canonical_limits(base)[0], profile, self.flows)
+        self.classes = self.classified.classes
         self.atom_judge = AtomJudge(self.space, base, profile)
         self._valuations: dict[tuple[Any, str], dict[str, bool]] = {}
         self.base_rows = self.rows(base)
@@ -286,7 +287,7 @@ class ProofJudge:
 
     def rows(self, candidate: Ruleset) -> set[Row]:
         from fwtest.space.header import ProofError
-        from fwtest.space.proof import AtomJudge, ProfileCompile, bucket_carries, check_modelled
+        from fwtest.space.proof import AtomJudge, ProfileCompile, check_modelled, dry_limits
 
         sp = self.space
         canon, real = _canonical_limits(candidate)
@@ -297,14 +298,15 @@ class ProofJudge:
             r.action.kind == "ct_helper" for rs in (candidate, self.base) for r in rs.rules())
         try:
             if same_tracking:
-                classes = self.classes
-                check_modelled(canon, self.profile, classes)
+                classified = self.classified
+                check_modelled(canon, self.profile, classified.classes)
                 valuation = self._valuation
             else:
-                classes = self._classes_for(sp, canon, self.profile, self.flows)
+                classified = self._classes_for(sp, canon, self.profile, self.flows)
                 judge = AtomJudge(sp, canon, self.profile)
                 valuation = judge.valuation
-            pc = ProfileCompile(sp, canon, self.profile, classes)
+            classes = classified.classes
+            pc = ProfileCompile(sp, canon, self.profile, classified.every if real else classes, track=bool(real))
             rows: set[Row] = set()
             for cls in classes:
                 row = (cls.flow, cls.transport, cls.family)
@@ -315,29 +317,10 @@ class ProofJudge:
                     if region & ~pc.accept(cls.path, valuation(cls, state)) != sp.false:
                         rows.add(row)
                         break
-            surge = self.profile.surge
-            if surge is not None and real:
-                for rule in canon.rules():
-                    limit = real.get(rule.id)
-                    if limit is None:
-                        continue
-                    atom = sp.atoms[("limit", (rule.id, rule.match.limit))]
-                    for cls in classes:
-                        row = ("surge", cls.transport, cls.family)
-                        if cls.flow != "emergency-call" or cls.window_packets <= 0 or row in rows:
-                            continue
-                        if bucket_carries(limit, surge.calls * cls.window_packets, surge.seconds):
-                            continue
-                        for state in cls.states:
-                            if state not in ("new", "untracked"):
-                                continue
-                            val = valuation(cls, state)
-                            exceeded = {**val, atom.var: limit.above}
-                            region = sp.class_region(cls, (state,))
-                            lost = region & pc.accept(cls.path, val) & ~pc.accept(cls.path, exceeded)
-                            if lost != sp.false:
-                                rows.add(row)
-                                break
+            # Rate limits on the flows' own timelines, as the proof judges them.
+            for _rule, _limit, _timeline, cls, *_ in dry_limits(sp, canon, self.profile, valuation, classified,
+                                                                pc=pc, rates=real):
+                rows.add((cls.flow, cls.transport, cls.family))
             return rows
         except (ProofError, InputError) as e:
             raise ProofUndecided(str(e)) from None

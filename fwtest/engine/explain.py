@@ -91,8 +91,10 @@ def _master(record: PacketRecord, helper: str) -> Connection:
 
 
 def explain(ruleset: Ruleset, record: PacketRecord, *, path: str = "forward", state: str = "new",
-            native_hook: str = "forward", helper: str | None = None) -> Explanation:
-    """Walk ``record`` rule by rule with conntrack state ``state`` (stateless: nothing is remembered)."""
+            native_hook: str = "forward", helper: str | None = None,
+            limits: LimitState | None = None) -> Explanation:
+    """Walk ``record`` rule by rule with conntrack state ``state`` (stateless: nothing is
+    remembered, except in ``limits``: token buckets that walks sharing it pay into)."""
     if state not in CT_STATES:
         raise ValueError(f"state is one of {', '.join(sorted(CT_STATES))}, not {state!r}")
     if native_hook not in NATIVE_HOOKS:
@@ -104,7 +106,7 @@ def explain(ruleset: Ruleset, record: PacketRecord, *, path: str = "forward", st
         if state != "untracked":
             notes.append(f"the ruleset has no conntrack: every packet is untracked (state {state} ignored)")
         state = "untracked"
-    compiled = CompiledRuleset(ruleset, LimitState(), native_hook)
+    compiled = CompiledRuleset(ruleset, LimitState() if limits is None else limits, native_hook)
     stages = build_pipeline(compiled, path, record.family, tracked)
     initial = "invalid" if tracked else "untracked"
     p = PacketView(record, initial)

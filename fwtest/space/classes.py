@@ -26,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from fwtest.engine.packet import later_fragment_ports
@@ -79,7 +79,6 @@ class PacketClass:
     helper: str | None = None       # helper of the master connection that expected this one ("sip"):
                                     # what a `helper` match tests (xt_helper looks at the master)
     note: str = ""                  # why the state is what it is, when it is surprising
-    window_packets: int = 0         # packets of this class in the first surge.seconds of one call
 
     @property
     def key(self) -> tuple[str, str, int, str]:
@@ -272,12 +271,43 @@ def helper_ports(profile: EmergencyProfile, ruleset: Ruleset) -> frozenset[tuple
 OUT_OF_DIALOG = frozenset({"INVITE", "OPTIONS", "MESSAGE", "REGISTER", "SUBSCRIBE", "NOTIFY"})
 
 
+@dataclass(frozen=True)
+class Timeline:
+    """What one call (or the whole surge) brings, in time order, as the rules see it.
+
+    A token bucket runs dry or not depending on when packets come, which no
+    set of headers says: the proof judges rate limits on these timelines.
+    Each packet is (time, index into ``ProfileClasses.every``, direction,
+    sport, dport); the ports are the ones a hashlimit keyed on ports reads.
+    """
+
+    flow: str
+    transport: str
+    family: int
+    instance: str
+    packets: tuple[tuple[float, int, str, int, int], ...]
+
+
+@dataclass(frozen=True)
+class ProfileClasses:
+    """The profile's flows classified: what the proof judges, and when it arrives."""
+
+    classes: list[PacketClass]      # every class of the profile's flows (surge calls are emergency calls)
+    every: list[PacketClass]        # those and the surge calls' own classes (flow "surge")
+    timelines: list[Timeline]       # each flow instance alone, then the whole surge as one
+
+
 def profile_classes(profile: EmergencyProfile, ruleset: Ruleset, flows: Sequence[CallFlow], *,
                     helper_of: Callable[[PacketClass], str | None] | None = None) -> list[PacketClass]:
-    """The packet classes of every profile flow, as ``ruleset``'s conntrack sees them.
+    """The packet classes of every profile flow, as ``ruleset``'s conntrack sees them."""
+    return classify_profile(profile, ruleset, flows, helper_of=helper_of).classes
 
-    ``flows`` are the synthesiser's flows for ``profile`` (surge calls are
-    skipped: they are emergency calls, judged against rate limits apart).
+
+def classify_profile(profile: EmergencyProfile, ruleset: Ruleset, flows: Sequence[CallFlow], *,
+                     helper_of: Callable[[PacketClass], str | None] | None = None) -> ProfileClasses:
+    """Every packet of ``flows`` (the synthesiser's flows for ``profile``) as a packet class,
+    as ``ruleset``'s conntrack sees it, and each flow instance as a timeline of classes.
+
     ``helper_of``, when given, says which helper ct-helper rules attach to a
     connection opened by a packet of the given class: "sip", None, or
     "maybe" when the rules cover only part of the class.
@@ -285,29 +315,37 @@ def profile_classes(profile: EmergencyProfile, ruleset: Ruleset, flows: Sequence
     stateful = ruleset.conntrack.enabled
     hooks = profile.hooks()
     watched = helper_ports(profile, ruleset)
-    counts: dict[PacketClass, int] = {}
-    window = profile.surge.seconds if profile.surge is not None else -1.0
     memo: dict[tuple, PacketClass] = {}
+    index: dict[PacketClass, int] = {}
+    every: list[PacketClass] = []
+    timelines: list[Timeline] = []
+    surge: list[tuple[float, int, str, int, int]] = []
+    surge_flow: CallFlow | None = None
     for flow in flows:
-        if flow.flow == "surge":
-            continue
-        units = _units(flow, stateful, hooks)
-        if not units:
-            continue
-        start = units[0].record.ts
         conns: dict[tuple, _Conn] = {}
         call = {"helper": None, "maybe": False}
-        here: dict[PacketClass, int] = {}
-        for unit in units:
+        packets = []
+        for unit in _units(flow, stateful, hooks):
             cls = _classify(profile, ruleset, flow, unit, conns, call, stateful, watched, helper_of, hooks,
                             memo)
-            n = here.setdefault(cls, 0)
-            if 0 <= unit.record.ts - start <= window:
-                here[cls] = n + 1
-        # Packets of a class per call: the busiest instance of the flow.
-        for cls, n in here.items():
-            counts[cls] = max(counts.get(cls, 0), n)
-    return [replace(cls, window_packets=n) for cls, n in counts.items()]
+            i = index.get(cls)
+            if i is None:
+                i = index[cls] = len(every)
+                every.append(cls)
+            r = unit.record
+            sport, dport = (later_fragment_ports(r) if unit.frag == "later" and r.proto in PORT_PROTOCOLS
+                            else (r.sport, r.dport))
+            packets.append((r.ts, i, unit.step.direction, sport, dport))
+        if flow.flow == "surge":
+            surge.extend(packets)
+            surge_flow = flow
+        else:
+            timelines.append(Timeline(flow.flow, flow.transport, flow.family, flow.instance, tuple(packets)))
+    if surge_flow is not None:
+        surge.sort(key=lambda packet: packet[0])
+        timelines.append(Timeline("surge", surge_flow.transport, surge_flow.family, "every surge call",
+                                  tuple(surge)))
+    return ProfileClasses([c for c in every if c.flow != "surge"], every, timelines)
 
 
 def _classify(profile: EmergencyProfile, ruleset: Ruleset, flow: CallFlow, unit: _Unit,

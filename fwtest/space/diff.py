@@ -7,7 +7,7 @@ different formats: both are IR) in one header space and compares:
   and the candidate drops, each part named by the rule that accepted it in
   the base and the rule that drops it in the candidate, with witness packets
   the engine confirms both ways (base: accepted; candidate: dropped where
-  the diff says); rate limits the candidate newly exceeds on the surge;
+  the diff says); rate limits the candidate newly exceeds on the profile's timelines (one call, or the surge);
 * **warning**: packets between the profile's peers and its PSAP (any
   protocol, port or state: the address space the profile owns), on the
   profile's paths, that the candidate newly accepts (what the change opens);
@@ -27,7 +27,7 @@ from typing import Any
 
 from fwtest.profile import EmergencyProfile
 from fwtest.rules.ir import Ruleset
-from fwtest.space.classes import PacketClass
+from fwtest.space.classes import PacketClass, ProfileClasses
 from fwtest.space.compile import Box, Decider
 from fwtest.space.header import HeaderSpace, ProofError
 from fwtest.space.proof import (
@@ -35,8 +35,8 @@ from fwtest.space.proof import (
     ProfileCompile,
     Witness,
     _Prover,
-    _surge_findings,
-    classes_for,
+    limit_findings,
+    profile_classes_for,
 )
 from fwtest.space.region import Summary, summarise
 from fwtest.space.witness import build_witness, said, same_decider
@@ -48,7 +48,7 @@ MAX_RECTS = 4
 @dataclass(frozen=True)
 class DiffChange:
     kind: str                        # regression | warning | restored
-    flow: str                        # profile flow; "surge" for rate limits; "profile" for warnings
+    flow: str                        # profile flow ("surge": the surge's rate limits); "profile" for warnings
     transport: str | None
     family: int | None
     label: str                       # class label, or "between peers and PSAP" for warnings
@@ -164,10 +164,12 @@ class _Side:
     """One ruleset of the diff: its compile, atom judge and prover."""
 
     def __init__(self, space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfile,
-                 classes: Sequence[PacketClass], classes_other: Sequence[PacketClass],
+                 classified: ProfileClasses, classes_other: Sequence[PacketClass],
                  extra: dict[str, Any], extra_boxes: dict[str, list[Box]]) -> None:
         self.ruleset = ruleset
-        self.classes = list(classes)
+        self.classified = classified
+        self.classes = list(classified.classes)
+        classes = self.classes
         # Compile over both versions' classes and the PSAP region, in one space.
         every = list(dict.fromkeys([*classes, *classes_other]))
         self.pc = ProfileCompile(space, ruleset, profile, every, extra=extra, extra_boxes=extra_boxes)
@@ -186,10 +188,10 @@ def diff(base: Ruleset, candidate: Ruleset, profile: EmergencyProfile, *,
         flows = synthesize(profile)
     space = space or HeaderSpace.for_rulesets([base, candidate], profile, backend=backend, order=order)
     extra, extra_boxes = profile_regions(space, profile)
-    base_classes = classes_for(space, base, profile, flows)
-    cand_classes = classes_for(space, candidate, profile, flows)
-    b = _Side(space, base, profile, base_classes, cand_classes, extra, extra_boxes)
-    c = _Side(space, candidate, profile, cand_classes, base_classes, extra, extra_boxes)
+    base_classes = profile_classes_for(space, base, profile, flows)
+    cand_classes = profile_classes_for(space, candidate, profile, flows)
+    b = _Side(space, base, profile, base_classes, cand_classes.classes, extra, extra_boxes)
+    c = _Side(space, candidate, profile, cand_classes, base_classes.classes, extra, extra_boxes)
     compiled = time.perf_counter()
     changes: list[DiffChange] = []
     base_by_key: dict[tuple, list[PacketClass]] = {}
@@ -226,7 +228,7 @@ def diff(base: Ruleset, candidate: Ruleset, profile: EmergencyProfile, *,
             if fixed != space.false:
                 changes.extend(_split(space, "restored", cls, state, fixed, b, c, partners, val_c,
                                       False))
-    changes.extend(_surge_regressions(space, b, c))
+    changes.extend(_limit_regressions(space, b, c))
     changes.extend(_warnings(space, profile, b, c, extra, class_union))
     done = time.perf_counter()
     stats = {"backend": space.backend_name, "compile_seconds": round(compiled - started, 3),
@@ -291,13 +293,18 @@ def _regression_witness(space: HeaderSpace, cls: PacketClass, state: str, summar
     return ()
 
 
-def _surge_regressions(space: HeaderSpace, b: _Side, c: _Side) -> list[DiffChange]:
-    before = {(f.transport, f.family, f.label, f.decider.id) for f in _surge_findings(b.prover, b.classes)}
+def _limit_regressions(space: HeaderSpace, b: _Side, c: _Side) -> list[DiffChange]:
+    """Packets a rate limit of the candidate drops on the profile's timelines (one call alone,
+    or the surge) where the base's limits let that packet kind through."""
+    def key(f: Any) -> tuple:
+        return (f.flow, f.transport, f.family, f.label, f.decider.id)
+
+    before = {key(f) for f in limit_findings(b.prover, b.classified)}
     out = []
-    for f in _surge_findings(c.prover, c.classes):
-        if (f.transport, f.family, f.label, f.decider.id) in before:
+    for f in limit_findings(c.prover, c.classified):
+        if key(f) in before:
             continue
-        out.append(DiffChange("regression", "surge", f.transport, f.family, f.label, f.path, f.region,
+        out.append(DiffChange("regression", f.flow, f.transport, f.family, f.label, f.path, f.region,
                               None, f.decider, f.witnesses, f.detail, space))
     return out
 

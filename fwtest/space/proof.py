@@ -38,17 +38,18 @@ proof then judges it like any NEW packet.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from fwtest import cache
+from fwtest.engine.limits import TokenBucket, bucket_key
 from fwtest.engine.verdict import Verdict
 from fwtest.errors import InputError
 from fwtest.profile import EmergencyProfile
 from fwtest.rules.ir import Action, LimitMatch, Match, Rule, Ruleset, Source
-from fwtest.space.classes import PacketClass, profile_classes
+from fwtest.space.classes import PacketClass, ProfileClasses, Timeline, classify_profile
 from fwtest.space.compile import Box, Compiled, Decider, compile_path
 from fwtest.space.header import STATE_CODES, Atom, HeaderSpace, ProofError
 from fwtest.space.region import Summary, summarise
@@ -88,7 +89,7 @@ class Witness:
 class ProofFinding:
     """Part of a class the ruleset drops, who drops it, and packets that show it."""
 
-    flow: str                        # profile flow, or "surge" for rate-limit findings
+    flow: str                        # profile flow, or "surge" (rate limits against the surge)
     transport: str
     family: int
     label: str                       # "INVITE", "RTP psap->peer", "BYE"
@@ -101,6 +102,7 @@ class ProofFinding:
     detail: str = ""
     space: HeaderSpace | None = field(default=None, compare=False, repr=False)
     kind: str = "blocked"
+    rate_limit: bool = False         # dropped only once a token bucket runs dry on the flow's timeline
     path: str = "forward"
 
     @property
@@ -123,6 +125,8 @@ class ProofFinding:
         }
         if self.detail:
             out["detail"] = self.detail
+        if self.rate_limit:
+            out["rate_limit"] = True
         if self.space is not None:
             out["region"] = self.region.to_json(self.space)
             out["region_text"] = self.region_text()
@@ -273,6 +277,7 @@ class ProfileCompile:
         self.space = space
         self.ruleset = ruleset
         self.profile = profile
+        self.track = track          # compiled[path].matched holds what each rule matched
         by_path: dict[str, list[PacketClass]] = {}
         for c in classes:
             by_path.setdefault(c.path, []).append(c)
@@ -371,65 +376,57 @@ def check_modelled(ruleset: Ruleset, profile: EmergencyProfile, classes: Sequenc
 
 # Classes depend on the flows and on how the ruleset tracks connections only
 # (ct-helper rules aside): a diff or a benchmark asks for the same ones again.
-_CLASSES: dict[tuple, tuple[Sequence[CallFlow], list[PacketClass]]] = {}
+_CLASSES: dict[tuple, tuple[Sequence[CallFlow], ProfileClasses]] = {}
 
 
 def classes_for(space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfile,
                 flows: Sequence[CallFlow]) -> list[PacketClass]:
     """The profile's classes as ``ruleset`` sees them (ct-helper rules decided on its compile)."""
+    return profile_classes_for(space, ruleset, profile, flows).classes
+
+
+def profile_classes_for(space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfile,
+                        flows: Sequence[CallFlow]) -> ProfileClasses:
+    """``classes_for`` with the timelines of the flows (for rate limits)."""
     ct = ruleset.conntrack
     key = (id(flows), ct.enabled, ct.helpers, tuple(sorted(ct.timeouts.items())))
     cached = _CLASSES.get(key)
     if cached is not None and cached[0] is flows:
-        classes = cached[1]
+        classified = cached[1]
     else:
-        classes = _stored_profile_classes(profile, ruleset, flows)
+        classified = _stored_profile_classes(profile, ruleset, flows)
         if len(_CLASSES) >= 8:
             _CLASSES.pop(next(iter(_CLASSES)))
-        _CLASSES[key] = (flows, classes)
-    check_modelled(ruleset, profile, classes)
+        _CLASSES[key] = (flows, classified)
+    check_modelled(ruleset, profile, classified.classes)
     if any(r.action.kind == "ct_helper" for r in ruleset.rules()):
-        pc = ProfileCompile(space, ruleset, profile, classes)
-        classes = profile_classes(profile, ruleset, flows, helper_of=helper_decider(space, ruleset, pc))
-    return classes
+        pc = ProfileCompile(space, ruleset, profile, classified.classes)
+        classified = classify_profile(profile, ruleset, flows, helper_of=helper_decider(space, ruleset, pc))
+    return classified
 
 
 def _stored_profile_classes(profile: EmergencyProfile, ruleset: Ruleset,
-                            flows: Sequence[CallFlow]) -> list[PacketClass]:
-    """profile_classes, read from the on-disk cache when ``flows`` came from it.
+                            flows: Sequence[CallFlow]) -> ProfileClasses:
+    """classify_profile, read from the on-disk cache when ``flows`` came from it.
 
     The classes depend on the flows, the profile and the ruleset's conntrack
     settings alone (not its rules: ct-helper rules are decided afterwards).
     """
     flows_key = getattr(flows, "key", None)  # synthesize()'s flows carry their cache key
     if flows_key is None:
-        return profile_classes(profile, ruleset, flows)
+        return classify_profile(profile, ruleset, flows)
     ct = ruleset.conntrack
     entry = cache.key("classes", flows_key, cache.profile_identity(profile), ct.enabled,
                       tuple(sorted(ct.helpers)), tuple(sorted(ct.timeouts.items())))
-    classes = cache.load("classes", entry)
-    if isinstance(classes, list) and all(isinstance(c, PacketClass) for c in classes):
-        return classes
-    classes = profile_classes(profile, ruleset, flows)
-    cache.store("classes", entry, classes)
-    return classes
+    classified = cache.load("classes", entry)
+    if isinstance(classified, ProfileClasses):
+        return classified
+    classified = classify_profile(profile, ruleset, flows)
+    cache.store("classes", entry, classified)
+    return classified
 
 
 # ---------------------------------------------------------------- the proof
-
-def bucket_carries(limit: LimitMatch, packets: int, seconds: float) -> bool:
-    """Does a full token bucket pass ``packets`` packets spread evenly over ``seconds``?
-    (The engine's TokenBucket, xt_limit/xt_hashlimit credits, on the same timestamps.)"""
-    tokens, last = float(limit.burst), 0.0
-    for i in range(packets):
-        now = i * seconds / packets
-        tokens = min(float(limit.burst), tokens + (now - last) * limit.rate)
-        last = now
-        if tokens < 1.0:
-            return False
-        tokens -= 1.0
-    return True
-
 
 class _Prover:
     def __init__(self, ruleset: Ruleset, profile: EmergencyProfile, space: HeaderSpace,
@@ -440,8 +437,10 @@ class _Prover:
         self.confirmer = Confirmer(ruleset, profile)
 
     def findings_for(self, cls: PacketClass, state: str, blocked: Any, valuation: dict[str, bool], *,
-                     flow: str | None = None, detail: str = "", burst: tuple[int, float] | None = None
+                     flow: str | None = None, detail: str = "", burst: tuple[float, ...] | None = None
                      ) -> list[ProofFinding]:
+        """Findings for ``blocked`` (part of ``cls`` in ``state``), one per drop rule or policy.
+        ``burst``: the packet times at which a rate limit drops the last one."""
         sp = self.space
         out = []
         covered = sp.false
@@ -461,7 +460,7 @@ class _Prover:
         return out
 
     def witnesses(self, cls: PacketClass, state: str, summary: Summary, part: Any, decider: Decider,
-                  valuation: dict[str, bool], burst: tuple[int, float] | None) -> tuple[Witness, ...]:
+                  valuation: dict[str, bool], burst: tuple[float, ...] | None) -> tuple[Witness, ...]:
         sp = self.space
         hints = {**cls.hints(), "iif": sp.iface_index[cls.iface_in], "oif": sp.iface_index[cls.iface_out]}
         out: list[Witness] = []
@@ -476,7 +475,7 @@ class _Prover:
                 out.append(Witness(record, state, None))
                 continue
             if burst is not None:
-                copies, dropped, v = confirm_burst(self.confirmer, cls, record, burst[0], burst[1], decider)
+                copies, dropped, v = confirm_burst(self.confirmer, cls, record, state, burst, decider)
                 out.append(Witness(dropped, state, v, tuple(copies)))
             else:
                 v = confirm(self.confirmer, cls, record, state, decider)
@@ -504,8 +503,12 @@ def prove(ruleset: Ruleset, profile: EmergencyProfile, *, flows: Sequence[CallFl
         flows = synthesize(profile)
     synthesised = time.perf_counter()
     space = space or HeaderSpace.for_rulesets([ruleset], profile, backend=backend, order=order)
-    classes = classes_for(space, ruleset, profile, flows)
-    pc = ProfileCompile(space, ruleset, profile, classes)
+    classified = profile_classes_for(space, ruleset, profile, flows)
+    classes = classified.classes
+    # Rate limits are judged on timelines that include the surge's own classes, and
+    # need to know which classes each limited rule matched.
+    limited = any(r.match.limit is not None for r in ruleset.rules())
+    pc = ProfileCompile(space, ruleset, profile, classified.every if limited else classes, track=limited)
     compiled_at = time.perf_counter()
     judge = AtomJudge(space, ruleset, profile)
     prover = _Prover(ruleset, profile, space, pc, judge, max_witnesses=max_witnesses,
@@ -521,7 +524,7 @@ def prove(ruleset: Ruleset, profile: EmergencyProfile, *, flows: Sequence[CallFl
             results.append(ClassResult(cls, state, n_blocked, space))
             if n_blocked:
                 findings.extend(prover.findings_for(cls, state, blocked, valuation))
-    findings.extend(_surge_findings(prover, classes))
+    findings.extend(limit_findings(prover, classified))
     done = time.perf_counter()
     stats = {"classes": len(results), "rules": sum(len(c.rules) for c in ruleset.chains.values()),
              "rules_walked": sum(c.rules_walked for c in pc.compiled.values()),
@@ -533,39 +536,149 @@ def prove(ruleset: Ruleset, profile: EmergencyProfile, *, flows: Sequence[CallFl
     return Proof(ruleset, profile, results, findings, space, pc.compiled, classes, stats, judge)
 
 
-def _surge_findings(prover: _Prover, classes: Sequence[PacketClass]) -> list[ProofFinding]:
-    profile, sp, pc = prover.profile, prover.space, prover.pc
-    surge = profile.surge
-    if surge is None:
-        return []
-    limits = [a for a in sp.atoms.values() if a.kind == "limit"
-              and any(r.id == a.key[0] and r.match.limit == a.key[1] for r in prover.ruleset.rules())]
+def limit_findings(prover: _Prover, classified: ProfileClasses) -> list[ProofFinding]:
+    """Packets of the profile that a rate limit drops, judged on the flows' own timelines
+    (``dry_limits``), each with engine-confirmed witnesses."""
     out: list[ProofFinding] = []
-    for atom in limits:
-        limit: LimitMatch = atom.key[1]
-        for cls in classes:
-            if cls.flow != "emergency-call" or cls.window_packets <= 0:
-                continue
-            for state in cls.states:
-                if state not in ("new", "untracked"):
-                    continue
-                valuation = prover.judge.valuation(cls, state)
-                exceeded = {**valuation, atom.var: limit.above}
-                region = pc.region(cls, (state,))
-                lost = region & pc.accept(cls.path, valuation) & ~pc.accept(cls.path, exceeded)
-                if lost == sp.false:
-                    continue
-                count = surge.calls * cls.window_packets
-                if bucket_carries(limit, count, surge.seconds):
-                    continue
-                rule = prover.ruleset.rule(atom.key[0])
-                detail = (f"the surge of {surge.calls} calls in {surge.seconds:g} s brings {count} "
-                          f"{cls.label} packets; {limit.text or 'the limit'} of rule {rule.id} ({rule.source}) "
-                          f"passes {limit.rate:g}/s with a burst of {limit.burst}, so the rest are dropped "
-                          "(judged as if one peer host sent the whole surge)")
-                out.extend(prover.findings_for(cls, state, lost, exceeded, flow="surge", detail=detail,
-                                               burst=(count, surge.seconds)))
+    for rule, limit, timeline, cls, state, lost, exceeded, paid in dry_limits(
+            prover.space, prover.ruleset, prover.profile, prover.judge.valuation, classified, pc=prover.pc):
+        detail = _limit_detail(rule, limit, timeline, cls, len(paid), paid[-1] - paid[0], prover.profile)
+        out.extend(replace(f, rate_limit=True)
+                   for f in prover.findings_for(cls, state, lost, exceeded, detail=detail, burst=tuple(paid)))
     return out
+
+
+def dry_limits(space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfile,
+               valuation: Callable[[PacketClass, str], dict[str, bool]], classified: ProfileClasses, *,
+               pc: ProfileCompile | None = None, rates: Mapping[str, LimitMatch] | None = None
+               ) -> Iterator[tuple]:
+    """Where a rate limit runs dry on the profile's timelines and a packet is lost for it:
+    (rule, limit, timeline, class, state, lost region, valuation over the limit, times paid).
+
+    Whether a token bucket runs dry depends on when packets come, which no
+    header set says. So each rate-limited rule is judged on the timelines of
+    ``classified``: every flow instance alone (one call, keep-alive or text
+    session), then every surge call together. A packet pays a token when its
+    class reaches the rule and passes the rule's other matches (the engine
+    tests the limit last); it is lost when its class is accepted under the
+    limit and not over it. Addresses are taken as one peer host and one PSAP
+    host, the worst case for a hashlimit keyed on them: one carrier SBC may
+    carry every call of a surge. One result per rule, class and state: the
+    first packet of it that finds the bucket empty, with the times of every
+    packet that paid into that bucket until then (the witness burst).
+    ``rates``: the limits to judge by rule id, when the rules carry stand-ins
+    (the fuzzer keeps one BDD variable per rule whatever rate an edit picks).
+    ``pc``: the ruleset compiled over ``classified.every`` with ``track=True``
+    (made here when not given).
+    """
+    limited = [r for r in ruleset.rules() if r.match.limit is not None]
+    if not limited:
+        return
+    # Which classes pay at a rule is what the rule matched: a compile that tracks it.
+    if pc is None or not pc.track:
+        pc = ProfileCompile(space, ruleset, profile, classified.every, track=True)
+    for rule in limited:
+        fates = _LimitFates(space, valuation, pc, classified.every, rule)
+        if not fates.anything_lost():
+            continue
+        limit = (rates or {}).get(rule.id, rule.match.limit)
+        reported: set[tuple[int, str]] = set()
+        for timeline in classified.timelines:
+            for i, state, lost, exceeded, paid in _dry_packets(limit, timeline, fates):
+                if (i, state) not in reported:
+                    reported.add((i, state))
+                    yield rule, limit, timeline, classified.every[i], state, lost, exceeded, paid
+
+
+class _LimitFates:
+    """Per class, for one rate-limited rule: does it pay tokens, and what is lost when it is over?"""
+
+    def __init__(self, space: HeaderSpace, valuation: Callable[[PacketClass, str], dict[str, bool]],
+                 tracked: ProfileCompile, every: Sequence[PacketClass], rule: Rule) -> None:
+        self.space, self.valuation, self.tracked, self.every, self.rule = space, valuation, tracked, every, rule
+        limit = rule.match.limit
+        assert limit is not None
+        self.above = limit.above
+        self.var = space.atoms[("limit", (rule.id, limit))].var
+        self._fates: dict[int, tuple[bool, list[tuple[str, Any, dict[str, bool]]]]] = {}
+        self._by_valuation: dict[tuple, tuple[Any, Any]] = {}
+
+    def __call__(self, i: int) -> tuple[bool, list[tuple[str, Any, dict[str, bool]]]]:
+        got = self._fates.get(i)
+        if got is None:
+            got = self._fates[i] = self._fate(self.every[i])
+        return got
+
+    def anything_lost(self) -> bool:
+        """Fates of every class (decided here, once); does the limit cost any class packets?"""
+        fates = [self(i) for i in range(len(self.every))]
+        self.pays = [pays for pays, _ in fates]
+        return any(lost for _, lost in fates)
+
+    def _fate(self, cls: PacketClass) -> tuple[bool, list[tuple[str, Any, dict[str, bool]]]]:
+        sp = self.space
+        pays = False
+        lost = []
+        for state in cls.states:
+            valuation = self.valuation(cls, state)
+            tested, over = self._sets(cls.path, valuation)
+            region = self.tracked.region(cls, (state,))
+            pays = pays or region & tested != sp.false
+            gone = region & over
+            if gone != sp.false:
+                lost.append((state, gone, {**valuation, self.var: self.above}))
+        return pays, lost
+
+    def _sets(self, path: str, valuation: dict[str, bool]) -> tuple[Any, Any]:
+        """For packets with these atom values: those that test the limit, and those
+        accepted under it and not over it. Few distinct valuations: computed once each."""
+        key = (path, tuple(valuation.items()))
+        got = self._by_valuation.get(key)
+        if got is None:
+            sp, pc = self.space, self.tracked
+            matched = pc.compiled[path].matched.get(self.rule.id)
+            # Reached, and every other match of the rule passes: the limit is tested.
+            tested = sp.false if matched is None else (sp.let_atoms(matched, {**valuation, self.var: True})
+                                                        | sp.let_atoms(matched, {**valuation, self.var: False}))
+            over = pc.accept(path, valuation) & ~pc.accept(path, {**valuation, self.var: self.above})
+            got = self._by_valuation[key] = (tested, over)
+        return got
+
+
+def _dry_packets(limit: LimitMatch, timeline: Timeline, fates: _LimitFates):
+    """(class index, state, lost region, valuation over the limit, times paid on that bucket)
+    for every packet of ``timeline`` that finds its bucket empty and may be lost for it."""
+    buckets: dict[tuple, TokenBucket] = {}
+    paid: dict[tuple, list[float]] = {}
+    pays = fates.pays
+    for ts, i, direction, sport, dport in timeline.packets:
+        if not pays[i]:
+            continue
+        lost = fates(i)[1]
+        # One peer host (0) and one PSAP host (1): the bucket a hashlimit on addresses would share.
+        src, dst = (0, 1) if direction == "in" else (1, 0)
+        key = bucket_key(limit, timeline.family, src, dst, sport, dport)
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = buckets[key] = TokenBucket(limit.rate, limit.burst, ts)
+        times = paid.setdefault(key, [])
+        times.append(ts)
+        if not bucket.take(ts):
+            for state, region, exceeded in lost:
+                yield i, state, region, exceeded, list(times)
+
+
+def _limit_detail(rule: Rule, limit: LimitMatch, timeline: Timeline, cls: PacketClass, packets: int,
+                  seconds: float, profile: EmergencyProfile) -> str:
+    what = f"{limit.text or 'the rate limit'} of rule {rule.id} ({rule.source})"
+    passes = f"it passes {limit.rate:g}/s with a burst of {limit.burst}"
+    if timeline.flow == "surge" and profile.surge is not None:
+        return (f"the surge of {profile.surge.calls} calls in {profile.surge.seconds:g} s brings {packets} "
+                f"packets to {what} in {seconds:.2f} s; {passes}, so this {cls.label} finds the bucket empty "
+                "(judged as if one peer host sent the whole surge)")
+    return (f"one {timeline.flow} flow ({timeline.transport}, IPv{timeline.family}) brings {packets} packets to "
+            f"{what} in {seconds:.2f} s; {passes}, so this {cls.label} finds the bucket empty "
+            "(judged on the synthetic call's own timeline)")
 
 
 def write_witnesses(result: Any, directory: str | Path) -> list[Path]:

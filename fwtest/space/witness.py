@@ -154,18 +154,29 @@ class Confirmer:
             return replay_one(self.ruleset, self.profile, cls, record)
         return v
 
-    def burst(self, cls: PacketClass, copies: Sequence[PacketRecord]) -> list[Verdict]:
-        """Verdicts for ``copies`` (time-spread copies of one packet) on a fresh engine."""
+    def burst(self, cls: PacketClass, copies: Sequence[PacketRecord], state: str = "new") -> list[Verdict]:
+        """Verdicts for ``copies`` (time-spread copies of one packet) on fresh token buckets.
+
+        NEW and untracked copies go through a fresh engine (the first creates the
+        connection the others join, still NEW without a reply); other states
+        are walked as ``explain`` walks them, sharing one set of buckets.
+        """
+        if state not in ("new", "untracked"):
+            from fwtest.engine import explain
+            from fwtest.engine.limits import LimitState
+
+            buckets = LimitState()
+            return [explain(self.ruleset, c, path=cls.path, state=state, native_hook=self.profile.firewall,
+                            helper=cls.helper, limits=buckets).verdict for c in copies]
         engine = self._fresh()
-        self._clock += self.gap
-        start = self._clock
+        engine.reset()   # empty conntrack table, full buckets: the copies keep their own times
         out = []
         for c in copies:
-            v = engine.verdict(c._replace(ts=start + (c.ts - copies[0].ts)), cls.path)
+            v = engine.verdict(c, cls.path)
             if v is None:
-                raise ProofError(f"surge witness {c.short()} is a fragment: not judged alone")
+                raise ProofError(f"rate-limit witness {c.short()} is a fragment: not judged alone")
             out.append(v)
-        self._clock = start + (copies[-1].ts - copies[0].ts)
+        self._clock = max(self._clock, copies[-1].ts)   # later witnesses come after these
         return out
 
 
@@ -210,16 +221,21 @@ def said(v: Verdict) -> str:
     return f"{v.verdict} by {v.rule.id if v.rule else v.reason or v.source}"
 
 
-def confirm_burst(confirmer: Confirmer, cls: PacketClass, record: PacketRecord, count: int, seconds: float,
-                  decider: Decider) -> tuple[list[PacketRecord], PacketRecord, Verdict]:
-    """Replay ``count`` copies of ``record`` spread evenly over ``seconds``; the engine must drop
-    one of them at ``decider``. Returns the copies, the first copy dropped there and its verdict."""
-    copies = [record._replace(ts=record.ts + i * seconds / count) for i in range(count)]
-    for copy, v in zip(copies, confirmer.burst(cls, copies), strict=True):
+def confirm_burst(confirmer: Confirmer, cls: PacketClass, record: PacketRecord, state: str,
+                  times: Sequence[float], decider: Decider) -> tuple[list[PacketRecord], PacketRecord, Verdict]:
+    """Replay copies of ``record`` at ``times``; the engine must drop one of them at ``decider``.
+    Returns the copies, the first copy dropped there and its verdict.
+
+    The times are the flow's own, unshifted: the engine's token bucket then
+    does the same arithmetic as the proof's, to the last bit of a float.
+    """
+    copies = [record._replace(ts=t) for t in times]
+    for copy, v in zip(copies, confirmer.burst(cls, copies, state), strict=True):
         if not v.accepted and same_decider(v, decider):
             return copies, copy, v
-    raise ProofError(f"surge witness not confirmed: {count} copies of {record.short()} in {seconds:g} s "
-                     f"all pass the engine, but the proof says {decider.describe()} drops some")
+    raise ProofError(f"rate-limit witness not confirmed: {len(copies)} copies of {record.short()} in "
+                     f"{times[-1] - times[0]:g} s all pass the engine, but the proof says "
+                     f"{decider.describe()} drops some")
 
 
 def _slug(text: str) -> str:

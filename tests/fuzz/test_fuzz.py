@@ -156,14 +156,11 @@ def test_rate_limits_the_proof_cannot_judge_are_replayed(report):
     assert replay_broken(limited.apply()) >= {"emergency-call", "callback"}
 
 
-@pytest.mark.xfail(strict=True, reason="known proof gap: rate limits are judged against the profile's surge "
-                   "only; a limit that one call's own packets exceed is caught by the replay that "
-                   "`fwtest check` always runs (asserted below), not by the proof alone")
 def test_the_proof_sees_a_limit_that_one_call_exceeds():
-    """Found by the fuzzer (reported to the lead): the proof judges a rate limit as "under
-    the limit" for a single call, so a 10/s (burst 10) limit on `established` passes the
-    proof while the replay shows every TLS call dying at its handshake. A proof that
-    cannot judge a limit must say so (or judge it), never pass it."""
+    """Found by the fuzzer: the proof once judged a rate limit "under the limit" for a
+    single call, so a 10/s (burst 10) limit on `established` passed the proof while the
+    replay showed every TLS call dying at its handshake. The proof now judges limits on
+    each flow's own timeline."""
     limited = edit("add a rate limit of 10/s (burst 10) to established").apply()
     assert replay_broken(limited)                       # ground truth: calls die
     assert proof_broken(limited), "the proof passes a ruleset whose limit drops single calls"
@@ -179,14 +176,14 @@ def test_edits_far_from_limits_are_not_limit_sensitive():
 def test_mutation_score_counts_what_each_evidence_misses(report):
     score = report.mutation_score
     assert 0 < score["caught_by_replay"] < score["breaking_single_edits"]
-    assert score["caught_by_proof"] < score["breaking_single_edits"]
+    # Since rate limits are judged on each flow's own timeline, the proof misses none.
+    assert score["caught_by_proof"] == score["breaking_single_edits"] and not score["missed_by_proof"]
     missed = edit("delete rtp-out ")
     assert missed.description in score["missed_by_replay"]
     # Ground truth: the synthetic calls get through, the proof finds PSAP-originated RTP dropped.
     assert not replay_broken(missed.apply())
     assert proof_broken(missed.apply()) == {"emergency-call", "callback"}
-    # What the figures call a proof miss is one (today: rate limits the proof judges on the
-    # surge only; see test_the_proof_sees_a_limit_that_one_call_exceeds).
+    # What the figures would call a proof miss must be one.
     for description in score["missed_by_proof"]:
         candidate = edit(description).apply()
         assert replay_broken(candidate) and not proof_broken(candidate), description

@@ -22,7 +22,6 @@ def test_new_sip_towards_the_psap_from_any_peer_and_any_source_port():
     assert [str(n) for n in invite.dst] == ["203.0.113.0/26"]
     # The template is the synthesiser's emergency INVITE, reassembled (conntrack defragments).
     assert b"urn:service:sos" in invite.template.payload and invite.template.frag == NOT_FRAGMENT
-    assert invite.window_packets == 1
 
 
 def test_replies_are_established_from_the_service_port_to_any_port():
@@ -106,27 +105,55 @@ def test_the_classes_are_cached_with_their_flows_and_never_read_stale(tmp_path, 
     from dataclasses import replace
 
     from fwtest import cache
+    from fwtest.space.classes import classify_profile
     from fwtest.space.proof import _stored_profile_classes
     from fwtest.traffic.synth import SynthesisedFlows
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("FWTEST_CACHE", raising=False)
+    monkeypatch.delenv("FWTEST_CACHE_DIR", raising=False)
     synthesised = SynthesisedFlows(flows())
     synthesised.key = "test-flows"
-    fresh = profile_classes(profile(), reference(), flows())
+    fresh = classify_profile(profile(), reference(), flows())
     assert _stored_profile_classes(profile(), reference(), synthesised) == fresh
     (entry,) = (tmp_path / "fwtest").glob("classes-*.pickle")
     # Read back, not recomputed: a stored value that differs is what comes out.
-    cache.store("classes", entry.stem.removeprefix("classes-"), fresh[:1])
-    assert _stored_profile_classes(profile(), reference(), synthesised) == fresh[:1]
-    # A corrupt entry is rebuilt.
+    other = replace(fresh, classes=fresh.classes[:1])
+    cache.store("classes", entry.stem.removeprefix("classes-"), other)
+    assert _stored_profile_classes(profile(), reference(), synthesised) == other
+    # A corrupt entry, or one of another type, is rebuilt.
     entry.write_bytes(b"\x80\x05not a pickle")
+    assert _stored_profile_classes(profile(), reference(), synthesised) == fresh
+    cache.store("classes", entry.stem.removeprefix("classes-"), fresh.classes)
     assert _stored_profile_classes(profile(), reference(), synthesised) == fresh
     # Other conntrack timeouts, other flows or another profile: another entry.
     ct = reference().conntrack
     shorter = replace(reference(), conntrack=replace(ct, timeouts={**ct.timeouts, "udp_stream": 60}))
-    assert _stored_profile_classes(profile(), shorter, synthesised) == profile_classes(profile(), shorter, flows())
+    assert _stored_profile_classes(profile(), shorter, synthesised) == classify_profile(profile(), shorter, flows())
     synthesised.key = "other-flows"
     _stored_profile_classes(profile(), reference(), synthesised)
     _stored_profile_classes(replace(profile(), call_seconds=30), reference(), synthesised)
     assert len(list((tmp_path / "fwtest").glob("classes-*.pickle"))) == 4
+
+
+def test_timelines_are_every_flow_alone_then_the_surge_together():
+    from fwtest.space.classes import classify_profile
+
+    classified = classify_profile(profile(), reference(), flows())
+    alone = [t for t in classified.timelines if t.flow != "surge"]
+    surge = [t for t in classified.timelines if t.flow == "surge"]
+    assert len(alone) == sum(f.flow != "surge" for f in flows()) and len(surge) == 1
+    assert classified.timelines[-1] is surge[0]
+    surge_flows = [f for f in flows() if f.flow == "surge"]
+    # Conntrack reassembles the fragmented INVITEs: the rules (and a bucket) see one packet each.
+    later = sum(s.record.frag != NOT_FRAGMENT and s.record.frag != FIRST_FRAGMENT
+                for f in surge_flows for s in f.steps)
+    assert later and len(surge[0].packets) == sum(len(f.steps) for f in surge_flows) - later
+    times = [p[0] for p in surge[0].packets]
+    assert times == sorted(times)
+    # Indices point into `every`; the proof's classes leave the surge's own out.
+    assert {classified.every[p[1]].flow for p in surge[0].packets} == {"surge"}
+    assert all(c.flow != "surge" for c in classified.classes)
+    assert set(classified.classes) <= set(classified.every)
+    for t in alone:
+        assert {classified.every[p[1]].flow for p in t.packets} == {t.flow}

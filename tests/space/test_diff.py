@@ -79,3 +79,28 @@ def test_different_formats_compare_as_ir():
     assert all(c.base.source.file.endswith((".v4", ".v6")) for c in d.regressions if c.base)
     # And nft JSON of the reference against the native reference: nothing regresses.
     assert diff(reference(), load(RULESETS / "nft" / "psap-edge.json"), profile(), flows=flows()).passed
+
+
+def test_a_limit_one_call_outruns_is_a_regression():
+    # `fwtest diff` once said "no emergency packet changes fate" for a 10/s limit added
+    # to the established accept, while the replay saw every TLS call die: the diff
+    # judged limits on the surge only. Now each flow's own timeline is judged too.
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    from fwtest.rules.ir import LimitMatch
+
+    base = reference()
+    chains = {name: replace(chain, rules=tuple(
+        replace(r, match=replace(r.match, limit=LimitMatch(rate=10, burst=10))) if r.id == "established" else r
+        for r in chain.rules)) for name, chain in base.chains.items()}
+    limited = replace(base, chains=MappingProxyType(chains))
+    d = diff(base, limited, profile(), flows=flows())
+    regressions = [c for c in d.changes if c.kind == "regression"]
+    assert {c.flow for c in regressions} >= {"emergency-call", "callback", "options-keepalive", "text", "surge"}
+    for c in regressions:
+        assert c.candidate.id == "drop-rest" and "finds the bucket empty" in c.detail
+        w = c.witnesses[0]
+        assert len(w.burst) > 10 and not w.verdict.accepted
+    # The other way round the limit is lifted: nothing regresses.
+    assert not [c for c in diff(limited, base, profile(), flows=flows()).changes if c.kind == "regression"]

@@ -28,13 +28,13 @@
     replay of the synthetic calls catches, and the share the proof catches.
     ``fwtest check`` runs both; an edit only the proof catches is one the
     synthetic traffic misses, one only the replay catches is a gap in the
-    proof's model (rate limits). Gate mode measures the real ``check``.
+    proof's model. Gate mode measures the real ``check``.
 
 Evidence. An edit "breaks" a flow row (flow x transport x family) that
 passes on the ruleset as given and fails on the edited one, by either of:
 
 * the proof (``fwtest.space``) over the profile's whole header space, with
-  rate limits judged against the surge; it is exact and fast (tens of
+  rate limits judged on the synthetic flows' timelines; it is exact and fast (tens of
   milliseconds an edit), and
 * the replay of the synthetic flows through the engine (what ``check``
   does). An edit can only change the fate of packets that the rules it
@@ -478,8 +478,9 @@ class PathJudge:
                 note = f"proof undecided: {e}"
         replay_rows, complete = None, False
         if proof_rows is not None and not proof_rows and limit_sensitive(self.base, candidate, edits):
-            # The proof judges rate limits on the surge only; where a limit can meet other
-            # traffic than before, its "intact" is not enough: the replay decides.
+            # The proof judges a rate limit class by class on the flows' timelines; where
+            # a limit can meet other traffic than before, the replay (the engine on the
+            # whole timeline) confirms its "intact".
             replay = "full"
             note = note or "rate limits in play: replayed in full"
         if proof_rows is None or replay == "full" or (replay == "auto" and proof_rows):

@@ -27,7 +27,8 @@ dport     16     fragment has the bytes nf_tables reads as its ports);
 
 plus one *atom* variable per match the header cannot decide: a ``string``
 or ``sip`` match (decided per packet class against the profile's own
-messages), a rate limit (decided against the profile's surge) and a ``ct
+messages), a rate limit (under it for the header sets; the proof then
+judges the bucket on the flows' timelines) and a ``ct
 helper`` match. Atoms are substituted by constants before a set is read.
 
 Interfaces are finite: the universe holds ``None`` (no interface: the input

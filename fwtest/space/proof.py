@@ -17,16 +17,15 @@ Atoms the header cannot decide are decided per class:
   emergency INVITE);
 * ``helper`` matches by the class's connection (media the SIP helper
   expected has ``sip`` as its master's helper);
-* rate limits as "under the limit" (a single call never meets a full
-  bucket), except on the surge: a limit that cannot carry ``surge.calls``
-  new calls in ``surge.seconds`` for a class it covers is a finding of the
-  flow ``surge``. Judged per class the rules see as NEW (or untracked): the
-  new calls; as if one peer host sent the whole surge (the worst case the
-  profile allows; hashlimit keys do not help then); each class's packets
-  alone in the bucket (other classes sharing it are not added); confirmed
-  by replaying that many copies of the witness through the engine. Limits
-  on ESTABLISHED/RELATED traffic, and a single call outrunning a limit, are
-  left to replay (which runs the real timeline through the token buckets).
+* rate limits as "under the limit" for the header sets; whether a bucket
+  runs dry depends on when packets come, which no header says. So each
+  limited rule is then judged on the synthetic flows' own timelines
+  (``dry_limits``): every flow instance alone, and every surge call
+  together, as if one peer host and one PSAP host carried them (the worst
+  case for a hashlimit keyed on addresses). A packet whose class is lost
+  when the bucket is dry, and that finds it dry, is a finding (flow
+  ``surge`` for the surge), confirmed by replaying copies of the witness at
+  the times of every packet that paid into that bucket.
 
 Conntrack timeouts: the classes come from a replay of each flow's timeline
 through a model of connection tracking, so a packet that arrives after its

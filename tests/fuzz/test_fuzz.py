@@ -147,8 +147,9 @@ def test_the_replay_shortcut_equals_a_full_replay(judge, edit):
 
 
 def test_rate_limits_the_proof_cannot_judge_are_replayed(report):
-    """The proof judges limits on the surge only (a known gap, reported to the lead): a
-    10/s limit on `established` kills TLS calls, which only the replay shows."""
+    """Where a rate limit meets other traffic than before, the replay runs too: a 10/s
+    limit on `established` kills TLS calls (the proof sees it as well, since it judges
+    limits on each flow's timeline; the replay confirms it on the engine)."""
     limited = edit("add a rate limit of 10/s (burst 10) to established")
     assert limit_sensitive(RULES, limited.apply(), [limited])
     result = next(r for r in report.single_edits if r.edit.key == limited.key)

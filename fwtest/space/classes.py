@@ -386,9 +386,13 @@ def _classify(profile: EmergencyProfile, ruleset: Ruleset, flow: CallFlow, unit:
     media_opener = media and conn is not None and sender not in conn.senders
 
     def made(states: tuple[str, ...], helper: str | None) -> PacketClass:
-        mkey = (flow.flow, flow.transport, unit.step.direction, label, unit.frag, r.proto, r.tcp_flags,
-                r.family, r.has_ports, from_origin, states, helper, note,
-                r.sport & 1 if media else None, r.dport & 1 if media else None,
+        # Everything the class depends on. The ports as generalised, not the label: the
+        # SYN of a text call's MSRP connection and the SYN of its SIP connection share a
+        # label, and once shared a class (the MSRP port went unjudged over TCP and TLS).
+        ports = (_generalise_ports(profile, flow.transport, r, unit.step.direction, media, from_origin)
+                 if r.has_ports else None)
+        mkey = (flow.flow, flow.transport, unit.step.direction, unit.step.phase, label, unit.frag, r.proto,
+                r.tcp_flags, r.family, ports, from_origin, states, helper, note,
                 # each later fragment's pseudo-ports are its own bytes: one class per value
                 later_fragment_ports(r) if unit.frag == "later" and r.proto in PORT_PROTOCOLS else None)
         got = memo.get(mkey)

@@ -375,3 +375,13 @@ def test_first_finding_per_flow_is_the_earliest_packet_that_dies():
     assert call.label == "INVITE"
     tcp = next(f for f in first if (f.flow, f.transport, f.family) == ("emergency-call", "tcp", 4))
     assert tcp.label == "SYN"
+
+
+def test_the_msrp_connection_is_judged_over_every_sip_transport():
+    # Regression: over TCP and TLS, a text call's MSRP SYN shared the class of its SIP
+    # SYN (same label), so the proof never judged port 2855 there and passed a ruleset
+    # without msrp-in for those transports; only the replay caught it.
+    proof = prove(load(BROKEN[0].parent / "msrp-closed.yaml"), profile(), flows=flows(), max_witnesses=1)
+    msrp_syns = {(f.transport, f.family) for f in proof.findings
+                 if f.label == "SYN" and all(w.record.dport == 2855 for w in f.witnesses)}
+    assert msrp_syns == {(t, fam) for t in ("udp", "tcp", "tls") for fam in (4, 6)}

@@ -92,9 +92,13 @@ def _master(record: PacketRecord, helper: str) -> Connection:
 
 def explain(ruleset: Ruleset, record: PacketRecord, *, path: str = "forward", state: str = "new",
             native_hook: str = "forward", helper: str | None = None,
-            limits: LimitState | None = None) -> Explanation:
-    """Walk ``record`` rule by rule with conntrack state ``state`` (stateless: nothing is
-    remembered, except in ``limits``: token buckets that walks sharing it pay into)."""
+            compiled: CompiledRuleset | None = None) -> Explanation:
+    """Walk ``record`` rule by rule with conntrack state ``state``.
+
+    Stateless: nothing is remembered, except in ``compiled`` when given (a
+    ``CompiledRuleset`` of ``ruleset`` for ``native_hook``): walks that share
+    it pay into the same token buckets, and the rules are compiled once.
+    """
     if state not in CT_STATES:
         raise ValueError(f"state is one of {', '.join(sorted(CT_STATES))}, not {state!r}")
     if native_hook not in NATIVE_HOOKS:
@@ -106,7 +110,10 @@ def explain(ruleset: Ruleset, record: PacketRecord, *, path: str = "forward", st
         if state != "untracked":
             notes.append(f"the ruleset has no conntrack: every packet is untracked (state {state} ignored)")
         state = "untracked"
-    compiled = CompiledRuleset(ruleset, LimitState() if limits is None else limits, native_hook)
+    if compiled is None:
+        compiled = CompiledRuleset(ruleset, LimitState(), native_hook)
+    elif compiled.ruleset is not ruleset or compiled.native_hook != native_hook:
+        raise ValueError("compiled is another ruleset's, or for another native hook")
     stages = build_pipeline(compiled, path, record.family, tracked)
     initial = "invalid" if tracked else "untracked"
     p = PacketView(record, initial)

@@ -164,10 +164,12 @@ class Confirmer:
         if state not in ("new", "untracked"):
             from fwtest.engine import explain
             from fwtest.engine.limits import LimitState
+            from fwtest.engine.walk import CompiledRuleset
 
-            buckets = LimitState()
-            return [explain(self.ruleset, c, path=cls.path, state=state, native_hook=self.profile.firewall,
-                            helper=cls.helper, limits=buckets).verdict for c in copies]
+            hook = self.profile.firewall
+            shared = CompiledRuleset(self.ruleset, LimitState(), hook)   # one set of buckets for the burst
+            return [explain(self.ruleset, c, path=cls.path, state=state, native_hook=hook, helper=cls.helper,
+                            compiled=shared).verdict for c in copies]
         engine = self._fresh()
         engine.reset()   # empty conntrack table, full buckets: the copies keep their own times
         out = []

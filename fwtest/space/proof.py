@@ -670,13 +670,14 @@ def _dry_packets(limit: LimitMatch, timeline: Timeline, fates: _LimitFates):
 def _limit_detail(rule: Rule, limit: LimitMatch, timeline: Timeline, cls: PacketClass, packets: int,
                   seconds: float, profile: EmergencyProfile) -> str:
     what = f"{limit.text or 'the rate limit'} of rule {rule.id} ({rule.source})"
+    span = f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
     passes = f"it passes {limit.rate:g}/s with a burst of {limit.burst}"
     if timeline.flow == "surge" and profile.surge is not None:
         return (f"the surge of {profile.surge.calls} calls in {profile.surge.seconds:g} s brings {packets} "
-                f"packets to {what} in {seconds:.2f} s; {passes}, so this {cls.label} finds the bucket empty "
+                f"packets to {what} in {span}; {passes}, so this {cls.label} finds the bucket empty "
                 "(judged as if one peer host sent the whole surge)")
     return (f"one {timeline.flow} flow ({timeline.transport}, IPv{timeline.family}) brings {packets} packets to "
-            f"{what} in {seconds:.2f} s; {passes}, so this {cls.label} finds the bucket empty "
+            f"{what} in {span}; {passes}, so this {cls.label} finds the bucket empty "
             "(judged on the synthetic call's own timeline)")
 
 

@@ -8,7 +8,9 @@ import functools
 import ipaddress
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from hypothesis import strategies as st
@@ -25,6 +27,7 @@ from fwtest.rules.ir import (
     FragmentMatch,
     IcmpMatch,
     IfaceMatch,
+    LimitMatch,
     Match,
     PortMatch,
     ProtoMatch,
@@ -288,3 +291,11 @@ def random_point(rng: random.Random, ifaces: Sequence[str | None], *, tracked: b
     point["iif"] = rng.choice(list(ifaces))
     point["oif"] = rng.choice(list(ifaces))
     return point
+
+
+def with_limit(rs: Ruleset, rule_id: str, limit: LimitMatch) -> Ruleset:
+    """``rs`` with rule ``rule_id``'s rate limit set to ``limit``."""
+    chains = {name: replace(chain, rules=tuple(replace(r, match=replace(r.match, limit=limit)) if r.id == rule_id
+                                               else r for r in chain.rules))
+              for name, chain in rs.chains.items()}
+    return replace(rs, chains=MappingProxyType(chains))

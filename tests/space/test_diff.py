@@ -85,16 +85,12 @@ def test_a_limit_one_call_outruns_is_a_regression():
     # `fwtest diff` once said "no emergency packet changes fate" for a 10/s limit added
     # to the established accept, while the replay saw every TLS call die: the diff
     # judged limits on the surge only. Now each flow's own timeline is judged too.
-    from dataclasses import replace
-    from types import MappingProxyType
+    from space_helpers import with_limit
 
     from fwtest.rules.ir import LimitMatch
 
     base = reference()
-    chains = {name: replace(chain, rules=tuple(
-        replace(r, match=replace(r.match, limit=LimitMatch(rate=10, burst=10))) if r.id == "established" else r
-        for r in chain.rules)) for name, chain in base.chains.items()}
-    limited = replace(base, chains=MappingProxyType(chains))
+    limited = with_limit(base, "established", LimitMatch(rate=10, burst=10))
     d = diff(base, limited, profile(), flows=flows())
     regressions = [c for c in d.changes if c.kind == "regression"]
     assert {c.flow for c in regressions} >= {"emergency-call", "callback", "options-keepalive", "text", "surge"}

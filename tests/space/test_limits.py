@@ -10,24 +10,16 @@ with a burst the engine confirms).
 from __future__ import annotations
 
 from dataclasses import replace
-from types import MappingProxyType
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from space_helpers import flows, profile, reference
+from space_helpers import flows, profile, reference, with_limit
 
 from fwtest.api import replay_flows
 from fwtest.rules.ir import LimitMatch, Ruleset
 from fwtest.space.proof import prove
 
 RULE_IDS = [r.id for r in reference().rules() if r.action.kind in ("accept", "jump", "drop")]
-
-
-def with_limit(rs: Ruleset, rule_id: str, limit: LimitMatch) -> Ruleset:
-    chains = {name: replace(chain, rules=tuple(replace(r, match=replace(r.match, limit=limit)) if r.id == rule_id
-                                               else r for r in chain.rules))
-              for name, chain in rs.chains.items()}
-    return replace(rs, chains=MappingProxyType(chains))
 
 
 limits = st.builds(

@@ -17,6 +17,7 @@ from space_helpers import (
     load,
     profile,
     reference,
+    with_limit,
     with_rule,
 )
 
@@ -100,16 +101,6 @@ def test_surge_against_a_rate_limit_is_a_finding_of_the_surge_flow():
     assert "50 calls in 5 s" in surge[0].detail
     # The reference's guard (20/s, burst 100) carries the same surge.
     assert not [f for f in prove(reference(), profile(), flows=flows()).findings if f.flow == "surge"]
-
-
-def with_limit(rs, rule_id: str, limit):
-    from dataclasses import replace
-    from types import MappingProxyType
-
-    chains = {name: replace(chain, rules=tuple(replace(r, match=replace(r.match, limit=limit)) if r.id == rule_id
-                                               else r for r in chain.rules))
-              for name, chain in rs.chains.items()}
-    return replace(rs, chains=MappingProxyType(chains))
 
 
 def test_a_limit_one_call_runs_dry_is_a_finding_of_that_flow():

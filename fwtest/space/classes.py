@@ -317,6 +317,7 @@ def classify_profile(profile: EmergencyProfile, ruleset: Ruleset, flows: Sequenc
     watched = helper_ports(profile, ruleset)
     memo: dict[tuple, PacketClass] = {}
     index: dict[PacketClass, int] = {}
+    by_object: dict[int, int] = {}          # id() of the memo's classes (alive in memo) -> index
     every: list[PacketClass] = []
     timelines: list[Timeline] = []
     surge: list[tuple[float, int, str, int, int]] = []
@@ -328,10 +329,13 @@ def classify_profile(profile: EmergencyProfile, ruleset: Ruleset, flows: Sequenc
         for unit in _units(flow, stateful, hooks):
             cls = _classify(profile, ruleset, flow, unit, conns, call, stateful, watched, helper_of, hooks,
                             memo)
-            i = index.get(cls)
+            i = by_object.get(id(cls))      # the memo hands out one object per key: cheap to look up
             if i is None:
-                i = index[cls] = len(every)
-                every.append(cls)
+                i = index.get(cls)           # equal classes made under other keys are one class
+                if i is None:
+                    i = index[cls] = len(every)
+                    every.append(cls)
+                by_object[id(cls)] = i
             r = unit.record
             sport, dport = (later_fragment_ports(r) if unit.frag == "later" and r.proto in PORT_PROTOCOLS
                             else (r.sport, r.dport))

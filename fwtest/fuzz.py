@@ -318,9 +318,8 @@ class ProofJudge:
                         rows.add(row)
                         break
             # Rate limits on the flows' own timelines, as the proof judges them.
-            for _rule, _limit, _timeline, cls, *_ in dry_limits(sp, canon, self.profile, valuation, classified,
-                                                                pc=pc, rates=real):
-                rows.add((cls.flow, cls.transport, cls.family))
+            for dry in dry_limits(sp, canon, self.profile, valuation, classified, pc=pc, rates=real):
+                rows.add((dry.cls.flow, dry.cls.transport, dry.cls.family))
             return rows
         except (ProofError, InputError) as e:
             raise ProofUndecided(str(e)) from None

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fwtest import cache
 from fwtest.engine.limits import TokenBucket, bucket_key
@@ -535,24 +535,37 @@ def prove(ruleset: Ruleset, profile: EmergencyProfile, *, flows: Sequence[CallFl
     return Proof(ruleset, profile, results, findings, space, pc.compiled, classes, stats, judge)
 
 
+class DryBucket(NamedTuple):
+    """A packet of the profile lost because a rate-limited rule's bucket ran dry."""
+
+    rule: Rule                       # the rule whose limit it is
+    limit: LimitMatch                # the limit judged (the rule's own, or the fuzzer's real one)
+    timeline: Timeline               # the flow instance (or the surge) it happened in
+    cls: PacketClass                 # the packet's class ...
+    state: str                       # ... in this conntrack state
+    lost: Any                        # the part of the class lost when the bucket is dry
+    over: dict[str, bool]            # atom values with the limit over
+    paid: list[float]                # times of every packet that paid into that bucket, until this one
+
+
 def limit_findings(prover: _Prover, classified: ProfileClasses) -> list[ProofFinding]:
     """Packets of the profile that a rate limit drops, judged on the flows' own timelines
     (``dry_limits``), each with engine-confirmed witnesses."""
     out: list[ProofFinding] = []
-    for rule, limit, timeline, cls, state, lost, exceeded, paid in dry_limits(
-            prover.space, prover.ruleset, prover.profile, prover.judge.valuation, classified, pc=prover.pc):
-        detail = _limit_detail(rule, limit, timeline, cls, len(paid), paid[-1] - paid[0], prover.profile)
+    for dry in dry_limits(prover.space, prover.ruleset, prover.profile, prover.judge.valuation, classified,
+                          pc=prover.pc):
+        detail = _limit_detail(dry, prover.profile)
         out.extend(replace(f, rate_limit=True)
-                   for f in prover.findings_for(cls, state, lost, exceeded, detail=detail, burst=tuple(paid)))
+                   for f in prover.findings_for(dry.cls, dry.state, dry.lost, dry.over, detail=detail,
+                                                burst=tuple(dry.paid)))
     return out
 
 
 def dry_limits(space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfile,
                valuation: Callable[[PacketClass, str], dict[str, bool]], classified: ProfileClasses, *,
                pc: ProfileCompile | None = None, rates: Mapping[str, LimitMatch] | None = None
-               ) -> Iterator[tuple]:
-    """Where a rate limit runs dry on the profile's timelines and a packet is lost for it:
-    (rule, limit, timeline, class, state, lost region, valuation over the limit, times paid).
+               ) -> Iterator[DryBucket]:
+    """Where a rate limit runs dry on the profile's timelines and a packet is lost for it.
 
     Whether a token bucket runs dry depends on when packets come, which no
     header set says. So each rate-limited rule is judged on the timelines of
@@ -583,10 +596,10 @@ def dry_limits(space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfile,
         limit = (rates or {}).get(rule.id, rule.match.limit)
         reported: set[tuple[int, str]] = set()
         for timeline in classified.timelines:
-            for i, state, lost, exceeded, paid in _dry_packets(limit, timeline, fates):
+            for i, state, lost, over, paid in _dry_packets(limit, timeline, fates):
                 if (i, state) not in reported:
                     reported.add((i, state))
-                    yield rule, limit, timeline, classified.every[i], state, lost, exceeded, paid
+                    yield DryBucket(rule, limit, timeline, classified.every[i], state, lost, over, paid)
 
 
 class _LimitFates:
@@ -667,8 +680,9 @@ def _dry_packets(limit: LimitMatch, timeline: Timeline, fates: _LimitFates):
                 yield i, state, region, exceeded, list(times)
 
 
-def _limit_detail(rule: Rule, limit: LimitMatch, timeline: Timeline, cls: PacketClass, packets: int,
-                  seconds: float, profile: EmergencyProfile) -> str:
+def _limit_detail(dry: DryBucket, profile: EmergencyProfile) -> str:
+    rule, limit, timeline, cls = dry.rule, dry.limit, dry.timeline, dry.cls
+    packets, seconds = len(dry.paid), dry.paid[-1] - dry.paid[0]
     what = f"{limit.text or 'the rate limit'} of rule {rule.id} ({rule.source})"
     span = f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
     passes = f"it passes {limit.rate:g}/s with a burst of {limit.burst}"

@@ -1067,18 +1067,9 @@ def emergency_calls(draw: st.DrawFn, profile: EmergencyProfile, *,
     rng = random.Random(draw(st.integers(0, 2 ** 32 - 1)))
     if flow in ("emergency-call", "callback"):
         seconds = draw(st.integers(1, max(1, min(profile.call_seconds, max_seconds or profile.call_seconds))))
-        bye_by_peer = draw(st.booleans())
-        writer = synth._voice_call(profile, transport, inst, rng, emergency=flow == "emergency-call",
-                                   bye_by_peer=bye_by_peer, seconds=seconds)
-        extra = f", {seconds} s, BYE from {'peer' if bye_by_peer == (flow == 'emergency-call') else 'psap'}"
-    elif flow == "options-keepalive":
-        writer = synth._options_keepalive(profile, transport, inst, rng)
-        extra = ""
-    else:
-        writer = synth._text(profile, transport, inst, rng)
-        extra = ""
-    text = synth._instance_text(inst, peer_calls=flow != "callback", transport=transport, extra=extra)
-    return CallFlow(flow, transport, family, text, writer.finish())
+        return synth.flow_instance(profile, flow, transport, family, inst, rng, seconds=seconds,
+                                   bye_by_peer=draw(st.booleans()))
+    return synth.flow_instance(profile, flow, transport, family, inst, rng)
 
 
 @st.composite

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -436,28 +435,37 @@ def _instance_text(inst: Instance, *, peer_calls: bool, transport: str, extra: s
     return f"{hostport(a)} -> {hostport(b)}, rtp {ra}/{rb}, {transport}{extra}"
 
 
+def flow_instance(profile: EmergencyProfile, flow: str, transport: str, family: int, inst: Instance,
+                  rng: random.Random, *, seconds: float | None = None, bye_by_peer: bool | None = None
+                  ) -> CallFlow:
+    """One instance of a profile flow: ``inst``'s hosts and media ports, ``rng`` for the
+    rest (Call-IDs, tags, ephemeral ports). A voice call lasts ``seconds`` (default: the
+    profile's call_seconds) and is hung up by the peer side when ``bye_by_peer``
+    (default: every other instance, so both sides send BYE across the instances)."""
+    extra = ""
+    if flow in ("emergency-call", "callback"):
+        emergency = flow == "emergency-call"
+        if bye_by_peer is None:
+            bye_by_peer = (inst.index % 2 == 0) == emergency
+        writer = _voice_call(profile, transport, inst, rng, emergency=emergency, bye_by_peer=bye_by_peer,
+                             seconds=seconds)
+        length = "" if seconds is None else f", {seconds:g} s"
+        extra = f"{length}, BYE from {'peer' if bye_by_peer else 'psap'}"
+    elif flow == "options-keepalive":
+        writer = _options_keepalive(profile, transport, inst, rng)
+    elif flow == "text":
+        writer = _text(profile, transport, inst, rng)
+    else:
+        raise ValueError(f"no such profile flow: {flow!r}")
+    text = _instance_text(inst, peer_calls=flow != "callback", transport=transport, extra=extra)
+    return CallFlow(flow, transport, family, text, writer.finish())
+
+
 def _synthesize(profile: EmergencyProfile, seed: int) -> list[CallFlow]:
-    flows: list[CallFlow] = []
-    builders: dict[str, Callable] = {
-        "emergency-call": lambda t, i, rng: _voice_call(profile, t, i, rng, emergency=True,
-                                                        bye_by_peer=i.index % 2 == 0),
-        "callback": lambda t, i, rng: _voice_call(profile, t, i, rng, emergency=False,
-                                                  bye_by_peer=i.index % 2 == 1),
-        "options-keepalive": lambda t, i, rng: _options_keepalive(profile, t, i, rng),
-        "text": lambda t, i, rng: _text(profile, t, i, rng),
-    }
-    for flow in profile.flows:
-        for transport in profile.sip:
-            for family in profile.families:
-                for inst in plan_instances(profile, family):
-                    rng = _seeded(seed, flow, transport, family, inst.index)
-                    writer = builders[flow](transport, inst, rng)
-                    extra = ""
-                    if flow in ("emergency-call", "callback"):
-                        by_peer = (inst.index % 2 == 0) == (flow == "emergency-call")
-                        extra = f", BYE from {'peer' if by_peer else 'psap'}"
-                    text = _instance_text(inst, peer_calls=flow != "callback", transport=transport, extra=extra)
-                    flows.append(CallFlow(flow, transport, family, text, writer.finish()))
+    flows = [flow_instance(profile, flow, transport, family, inst,
+                           _seeded(seed, flow, transport, family, inst.index))
+             for flow in profile.flows for transport in profile.sip for family in profile.families
+             for inst in plan_instances(profile, family)]
     if profile.surge is not None:
         flows.extend(_surge(profile, seed))
     return flows

@@ -42,7 +42,7 @@ from fwtest.errors import InputError
 from fwtest.profile import EmergencyProfile
 from fwtest.rules import load_ruleset
 from fwtest.rules.ir import Ruleset
-from fwtest.traffic.calls import Call, Drop, Reconstruction, Transaction, _Builder, _pick, reconstruct
+from fwtest.traffic.calls import Call, CallBuilder, Drop, Reconstruction, Transaction, reconstruct
 from fwtest.traffic.pcap import ReadStats, read_frames
 from fwtest.traffic.pcapfast import CHUNK_BYTES, read_chunks
 from fwtest.traffic.record import PacketRecord
@@ -242,7 +242,7 @@ for _b in b"\r\n" + bytes(range(65, 91)) + bytes(range(97, 123)):
     _SIP_FIRST_BYTE[_b + 1] = True
 
 
-class _CallBuilder(_Builder):
+class _CallBuilder(CallBuilder):
     """Call reconstruction that can be told about a run of one stream's media packets at once.
 
     It learns which media endpoints each SIP message (re)registered, so that a
@@ -256,22 +256,6 @@ class _CallBuilder(_Builder):
     def register_rtp(self, key: tuple[int, int, int], registration) -> None:
         self.changed.add(key)
         super().register_rtp(key, registration)
-
-    def media_target(self, family: int, src: int, sport: int, dst: int, dport: int):
-        """What ``media()`` would count a packet of this stream as: (stream, dialog, toward, rtcp),
-        or None when it is not media."""
-        there, here = (family, dst, dport), (family, src, sport)
-        regs = self.rtp_endpoints.get(there)
-        if regs is not None:
-            media, side, rtcp = regs[-1] if len(regs) == 1 else _pick(regs, here)
-            toward = side
-        else:
-            regs = self.rtp_endpoints.get(here)
-            if regs is None:
-                return None
-            media, side, rtcp = regs[-1] if len(regs) == 1 else _pick(regs, there)
-            toward = "callee" if side == "caller" else "caller"
-        return media.stream, media.dialog, toward, rtcp
 
 
 class _Flow:

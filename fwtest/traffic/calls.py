@@ -315,7 +315,7 @@ def reconstruct(records: Iterable[PacketRecord] | Iterable[tuple[int, PacketReco
     ``sniff_sip`` SIP is also recognised on ports outside ``sip_ports`` by
     its start line.
     """
-    builder = _Builder(frozenset(sip_ports), frozenset(tls_ports), sniff_sip, verdicts is not None)
+    builder = CallBuilder(frozenset(sip_ports), frozenset(tls_ports), sniff_sip, verdicts is not None)
     items = records if numbered else enumerate(records)
     if verdicts is None:
         for packet, record in items:
@@ -479,7 +479,10 @@ class _Connection:
         self.msrp: tuple[MediaStream, str, _Dialog] | None = None
 
 
-class _Builder:
+class CallBuilder:
+    """The reconstruction's state: dialogs, media endpoints, reassembly; fed one packet
+    at a time (``reconstruct``), or a decided chunk at a time (``fwtest.replay``)."""
+
     def __init__(self, sip_ports: frozenset[int], tls_ports: frozenset[int], sniff: bool,
                  judged: bool) -> None:
         self.sip_ports = sip_ports
@@ -520,22 +523,27 @@ class _Builder:
             self.stats.other_packets += 1
 
     # -- UDP ----------------------------------------------------------------------
-    def media(self, packet: int, rec: PacketRecord, verdict: Verdict | None) -> bool:
-        family = rec.family
-        dst = (family, rec.dst, rec.dport)
-        src = (family, rec.src, rec.sport)
-        regs = self.rtp_endpoints.get(dst)
+    def media_target(self, family: int, src: int, sport: int, dst: int, dport: int
+                     ) -> tuple[MediaStream, _Dialog, str, bool] | None:
+        """What a packet from ``src``:``sport`` to ``dst``:``dport`` is media of: (stream,
+        dialog, the side it goes toward, RTCP?), or None when it is no call's media."""
+        there, here = (family, dst, dport), (family, src, sport)
+        regs = self.rtp_endpoints.get(there)
         if regs is not None:
-            media, side, rtcp = regs[-1] if len(regs) == 1 else _pick(regs, src)
-            toward = side
-        else:
-            # Symmetric RTP (RFC 4961): from a known endpoint, toward the other side.
-            regs = self.rtp_endpoints.get(src)
-            if regs is None:
-                return False
-            media, side, rtcp = regs[-1] if len(regs) == 1 else _pick(regs, dst)
-            toward = "callee" if side == "caller" else "caller"
-        stream, dialog = media.stream, media.dialog
+            media, side, rtcp = regs[-1] if len(regs) == 1 else _pick(regs, here)
+            return media.stream, media.dialog, side, rtcp
+        # Symmetric RTP (RFC 4961): from a known endpoint, toward the other side.
+        regs = self.rtp_endpoints.get(here)
+        if regs is None:
+            return None
+        media, side, rtcp = regs[-1] if len(regs) == 1 else _pick(regs, there)
+        return media.stream, media.dialog, "callee" if side == "caller" else "caller", rtcp
+
+    def media(self, packet: int, rec: PacketRecord, verdict: Verdict | None) -> bool:
+        target = self.media_target(rec.family, rec.src, rec.sport, rec.dst, rec.dport)
+        if target is None:
+            return False
+        stream, dialog, toward, rtcp = target
         self.stats.media_packets += 1
         dialog.end = rec.ts
         accepted = _accepted(verdict)

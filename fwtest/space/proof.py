@@ -591,7 +591,7 @@ def dry_limits(space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfile,
         pc = ProfileCompile(space, ruleset, profile, classified.every, track=True)
     for rule in limited:
         fates = _LimitFates(space, valuation, pc, classified.every, rule)
-        if not fates.anything_lost():
+        if not any(fates.lost):
             continue
         limit = (rates or {}).get(rule.id, rule.match.limit)
         reported: set[tuple[int, str]] = set()
@@ -603,29 +603,23 @@ def dry_limits(space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfile,
 
 
 class _LimitFates:
-    """Per class, for one rate-limited rule: does it pay tokens, and what is lost when it is over?"""
+    """For one rate-limited rule, per class (by index into ``every``): does it pay tokens
+    (``pays``), and which of its states lose what when the bucket is dry (``lost``)?"""
 
     def __init__(self, space: HeaderSpace, valuation: Callable[[PacketClass, str], dict[str, bool]],
                  tracked: ProfileCompile, every: Sequence[PacketClass], rule: Rule) -> None:
-        self.space, self.valuation, self.tracked, self.every, self.rule = space, valuation, tracked, every, rule
+        self.space, self.valuation, self.tracked, self.rule = space, valuation, tracked, rule
         limit = rule.match.limit
         assert limit is not None
         self.above = limit.above
         self.var = space.atoms[("limit", (rule.id, limit))].var
-        self._fates: dict[int, tuple[bool, list[tuple[str, Any, dict[str, bool]]]]] = {}
         self._by_valuation: dict[tuple, tuple[Any, Any]] = {}
-
-    def __call__(self, i: int) -> tuple[bool, list[tuple[str, Any, dict[str, bool]]]]:
-        got = self._fates.get(i)
-        if got is None:
-            got = self._fates[i] = self._fate(self.every[i])
-        return got
-
-    def anything_lost(self) -> bool:
-        """Fates of every class (decided here, once); does the limit cost any class packets?"""
-        fates = [self(i) for i in range(len(self.every))]
-        self.pays = [pays for pays, _ in fates]
-        return any(lost for _, lost in fates)
+        self.pays: list[bool] = []
+        self.lost: list[list[tuple[str, Any, dict[str, bool]]]] = []   # (state, region, valuation over)
+        for cls in every:
+            pays, lost = self._fate(cls)
+            self.pays.append(pays)
+            self.lost.append(lost)
 
     def _fate(self, cls: PacketClass) -> tuple[bool, list[tuple[str, Any, dict[str, bool]]]]:
         sp = self.space
@@ -657,16 +651,17 @@ class _LimitFates:
         return got
 
 
-def _dry_packets(limit: LimitMatch, timeline: Timeline, fates: _LimitFates):
+def _dry_packets(limit: LimitMatch, timeline: Timeline, fates: _LimitFates
+                 ) -> Iterator[tuple[int, str, Any, dict[str, bool], list[float]]]:
     """(class index, state, lost region, valuation over the limit, times paid on that bucket)
     for every packet of ``timeline`` that finds its bucket empty and may be lost for it."""
     buckets: dict[tuple, TokenBucket] = {}
     paid: dict[tuple, list[float]] = {}
-    pays = fates.pays
+    pays, lost_by_class = fates.pays, fates.lost
     for ts, i, direction, sport, dport in timeline.packets:
         if not pays[i]:
             continue
-        lost = fates(i)[1]
+        lost = lost_by_class[i]
         # One peer host (0) and one PSAP host (1): the bucket a hashlimit on addresses would share.
         src, dst = (0, 1) if direction == "in" else (1, 0)
         key = bucket_key(limit, timeline.family, src, dst, sport, dport)

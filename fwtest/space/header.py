@@ -99,7 +99,7 @@ def load_backend(name: str | None = None) -> Any:
 
 
 def _import_dd(module: str) -> Any:
-    # dd imports networkx (about 0.1 s, a sixth of `fwtest check`'s start-up)
+    # dd imports networkx (about 0.1 s of `fwtest check`'s start-up)
     # for graph exports fwtest never asks for, and dd treats it as optional
     # (dd/_utils.py catches its ImportError). So dd is loaded with networkx
     # hidden; a networkx already imported, or imported later, is not touched.

@@ -330,7 +330,7 @@ def console() -> None:
     # A check holds a few hundred thousand long-lived objects that are no
     # cyclic garbage (packet records of the synthetic calls, BDD references).
     # CPython's cyclic collector walks all of them at every full collection,
-    # and once more at exit: about 0.15 s of `fwtest check` (measured before this was set). So, as
+    # and once more at exit: that was about 0.15 s of `fwtest check`. So, as
     # mypy does, collect rarely; and freeze what is alive at the end, since
     # the process ends there (atexit handlers still run).
     gc.set_threshold(100_000, 50, 100)

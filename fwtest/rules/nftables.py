@@ -92,13 +92,11 @@ from fwtest.rules.iptables import (
     FAMILY_BITS,
     ICMP,
     ICMPV6,
-    Ranges,
+    combine_addresses,
     combine_ports,
     combine_states,
     combine_tcp_flags,
     complement_ranges,
-    intersect_ranges,
-    merge_ranges,
 )
 from fwtest.rules.ir import (
     CT_STATES,
@@ -1290,8 +1288,8 @@ class _RuleParser:
             return Match(
                 family=family,  # type: ignore[arg-type]
                 proto=proto,
-                src=_combine_addrs(c.src, family),
-                dst=_combine_addrs(c.dst, family),
+                src=combine_addresses(c.src, family),
+                dst=combine_addresses(c.dst, family),
                 sport=combine_ports(c.sport), dport=combine_ports(c.dport),
                 iface_in=c.iface_in[0] if c.iface_in else None,
                 iface_out=c.iface_out[0] if c.iface_out else None,
@@ -1303,21 +1301,6 @@ class _RuleParser:
             if type(e).__name__ == "_RuleError":
                 raise _Unsupported(str(e)) from None
             raise
-
-
-def _combine_addrs(matches: Sequence[AddrMatch], family: int | None) -> AddrMatch | None:
-    if not matches:
-        return None
-    if len(matches) == 1:
-        return matches[0]
-    fam = family or next(iter(matches[0].families), 4)
-    top = (1 << FAMILY_BITS[fam]) - 1
-    ranges: Ranges = ((0, top),)
-    for m in matches:
-        inside = merge_ranges((r.first, r.last) for r in m.ranges if r.family == fam)
-        ranges = intersect_ranges(ranges, complement_ranges(inside, top) if m.negated else inside)
-    return AddrMatch(tuple(AddrRange(fam, lo, hi) for lo, hi in ranges), False,  # type: ignore[arg-type]
-                     " & ".join(m.text for m in matches))
 
 
 def combine_protocols(matches: Sequence[ProtoMatch]) -> ProtoMatch | None:

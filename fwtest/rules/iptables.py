@@ -77,11 +77,14 @@ from types import MappingProxyType
 
 from fwtest.errors import InputError, did_you_mean
 from fwtest.rules.ir import (
+    ALL_TCP_FLAGS,
     CT_STATES,
     DEFAULT_TIMEOUTS,
     PORT_PROTOCOLS,
     PROTO_NUMBERS,
+    SYN_MASK,
     TCP,
+    TCP_FLAG_BITS,
     UDP,
     Action,
     AddrMatch,
@@ -111,11 +114,7 @@ ICMP, ICMPV6 = 1, 58
 FAMILY_BITS = {4: 32, 6: 128}
 FAMILY_PREFIX = {4: "ip4", 6: "ip6", None: "ip46"}
 
-TCP_FLAG_BITS = MappingProxyType({"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08,
-                                  "ACK": 0x10, "URG": 0x20, "ECE": 0x40, "CWR": 0x80})
-# iptables' ALL is the six classic flags (libxt_tcp): ECE and CWR have no name there.
-IPTABLES_ALL_FLAGS = 0x3F
-SYN_MASK = 0x01 | 0x02 | 0x04 | 0x10          # --syn: FIN,SYN,RST,ACK SYN
+IPTABLES_ALL_FLAGS = ALL_TCP_FLAGS   # iptables has no name for ECE and CWR
 
 # ICMP type names -> (type, lowest code, highest code); iptables' and nft's spellings.
 ICMP_TYPES_V4 = MappingProxyType({

@@ -159,6 +159,14 @@ class FragmentMatch:
     negated: bool = False
 
 
+TCP_FLAG_BITS: Mapping[str, int] = MappingProxyType({"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08,
+                                                     "ACK": 0x10, "URG": 0x20, "ECE": 0x40, "CWR": 0x80})
+# ALL is iptables' six classic flags (libxt_tcp), in every format: ECE and CWR
+# are named on their own, so an ECN-capable SYN (SYN|ECE|CWR) still matches "ALL SYN".
+ALL_TCP_FLAGS = 0x3F
+SYN_MASK = 0x01 | 0x02 | 0x04 | 0x10          # --syn / syn: true: FIN,SYN,RST,ACK SYN
+
+
 @dataclass(frozen=True)
 class TcpFlagsMatch:
     """``--tcp-flags MASK COMP``: (flags & mask) == comp. ``--syn`` is mask SYN|RST|ACK|FIN, comp SYN."""

@@ -44,12 +44,15 @@ from typing import Any
 
 from fwtest.errors import InputError, did_you_mean
 from fwtest.rules.ir import (
+    ALL_TCP_FLAGS,
     CT_STATES,
     DEFAULT_TIMEOUTS,
     PORT_PROTOCOLS,
     PROTO_NAMES,
     PROTO_NUMBERS,
+    SYN_MASK,
     TCP,
+    TCP_FLAG_BITS,
     Action,
     AddrMatch,
     AddrRange,
@@ -99,9 +102,6 @@ REJECT_TYPES = frozenset({
 # RELATED; accepting their names without modelling them could hide a block.
 KNOWN_HELPERS = ("sip",)
 FRAGMENT_KINDS = ("later", "first", "any")
-TCP_FLAG_BITS = {"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08, "ACK": 0x10, "URG": 0x20,
-                 "ECE": 0x40, "CWR": 0x80}
-SYN_MASK = TCP_FLAG_BITS["FIN"] | TCP_FLAG_BITS["SYN"] | TCP_FLAG_BITS["RST"] | TCP_FLAG_BITS["ACK"]
 LIMIT_PER = ("src", "dst", "sport", "dport")
 RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60,
               "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
@@ -799,7 +799,7 @@ class _Loader:
         for name in names:
             upper = name.upper()
             if upper == "ALL":
-                bits |= 0xFF
+                bits |= ALL_TCP_FLAGS
             elif upper == "NONE":
                 continue
             elif upper in TCP_FLAG_BITS:

@@ -238,7 +238,8 @@ def test_fragment(value, expected):
     ("tcp_flags: 'SYN,RST,ACK,FIN SYN'", TcpFlagsMatch(0x17, 0x02)),
     ("tcp_flags: '! SYN,ACK SYN,ACK'", TcpFlagsMatch(0x12, 0x12, negated=True)),
     ("tcp_flags: {mask: [syn, rst], comp: [rst]}", TcpFlagsMatch(0x06, 0x04)),
-    ("tcp_flags: {mask: ALL, comp: NONE, negate: true}", TcpFlagsMatch(0xFF, 0, negated=True)),
+    ("tcp_flags: {mask: ALL, comp: NONE, negate: true}", TcpFlagsMatch(0x3F, 0, negated=True)),  # iptables' ALL
+    ("tcp_flags: {mask: [ALL, ECE, CWR], comp: SYN}", TcpFlagsMatch(0xFF, 0x02)),
 ])
 def test_tcp_flags(body, expected):
     assert one_rule(f"proto: tcp\n{body}\naction: drop").match.tcp_flags == expected

@@ -140,3 +140,9 @@ def test_a_warm_check_imports_neither_scapy_nor_networkx(tmp_path):
     assert cold.stderr.split("\n")[-2] == "0 ['scapy']"         # the first run builds the calls with Scapy
     warm = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert warm.stderr.split("\n")[-2] == "0 []"
+    # A failing check too: its witnesses are built and written without Scapy.
+    broken = str(ROOT / "rulesets" / "broken" / "msrp-closed.yaml")
+    failing = code.replace(repr(REFERENCE), repr(broken)).replace("'--format', 'json'",
+                                                                  f"'--witness-dir', {str(tmp_path / 'w')!r}")
+    done = subprocess.run([sys.executable, "-c", failing], env=env, capture_output=True, text=True, check=True)
+    assert done.stderr.split("\n")[-2] == "1 []" and list((tmp_path / "w").glob("*.pcap"))

@@ -1,4 +1,4 @@
-"""Witnesses: concrete packets for a blocked region, built with Scapy and confirmed by the engine.
+"""Witnesses: concrete packets for a blocked region, confirmed by the engine.
 
 A witness is the class's own template packet (the synthesiser's message,
 payload and all) moved to a point of the blocked region: addresses, ports
@@ -11,7 +11,6 @@ named. Anything else is a bug in one of the two, raised as ``ProofError``.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import struct
 from collections.abc import Iterable, Sequence
@@ -23,14 +22,12 @@ from fwtest.engine.verdict import Verdict
 from fwtest.profile import EmergencyProfile
 from fwtest.rules.ir import PORT_PROTOCOLS, TCP, UDP, Ruleset
 from fwtest.space.header import HeaderSpace, ProofError
+from fwtest.traffic._rawip import finish_ip, set_l4_checksum
 from fwtest.traffic.record import FIRST_FRAGMENT, LATER_FRAGMENT, PacketRecord, parse_ip
 
 if TYPE_CHECKING:
     from fwtest.space.classes import PacketClass
     from fwtest.space.compile import Decider
-
-LINKTYPE_RAW = 101   # pcap link type: the packet starts with the IP header
-
 
 def _addr_bytes(value: int, family: int) -> bytes:
     return value.to_bytes(4 if family == 4 else 16, "big")
@@ -55,46 +52,43 @@ def _incremental(checksum: int, old: bytes, new: bytes) -> int:
 
 
 def build_witness(cls: PacketClass, point: dict[str, int], space: HeaderSpace) -> PacketRecord:
-    """The class template moved to ``point`` (a dict of field values), as a record."""
-    from scapy.layers.inet import IP
-    from scapy.layers.inet import TCP as ScapyTCP
-    from scapy.layers.inet import UDP as ScapyUDP
-    from scapy.layers.inet6 import IPv6
+    """The class template moved to ``point`` (a dict of field values), as a record.
 
+    The template's bytes with addresses, ports and TCP flags rewritten and the
+    checksums redone (``fwtest.traffic._rawip``, byte for byte what Scapy
+    builds: the templates are Scapy's, without IP options or extension
+    headers but a fragment header). No Scapy here: a failing check must not
+    pay for its import.
+    """
     t = cls.template
     family = t.family
     src, dst = point["src"], point["dst"]
-    if family == 4:
-        pkt = IP(t.data)
-        pkt.src = str(ipaddress.IPv4Address(src))
-        pkt.dst = str(ipaddress.IPv4Address(dst))
-        del pkt.chksum
-    else:
-        pkt = IPv6(t.data)
-        pkt.src = str(ipaddress.IPv6Address(src))
-        pkt.dst = str(ipaddress.IPv6Address(dst))
-    l4_layer = None
-    if t.frag != LATER_FRAGMENT:
-        if t.proto == UDP and pkt.haslayer(ScapyUDP):
-            l4_layer = pkt[ScapyUDP]
-        elif t.proto == TCP and pkt.haslayer(ScapyTCP):
-            l4_layer = pkt[ScapyTCP]
-    if l4_layer is not None:
-        old_ports = struct.pack("!HH", l4_layer.sport, l4_layer.dport)
-        l4_layer.sport, l4_layer.dport = point["sport"], point["dport"]
+    data = bytearray(t.data)
+    addr_at = 12 if family == 4 else 8
+    data[addr_at:addr_at + 2 * len(_addr_bytes(src, family))] = _addr_bytes(src, family) + _addr_bytes(dst, family)
+    l4 = t.l4_offset
+    has_l4 = t.frag != LATER_FRAGMENT and (
+        (t.proto == UDP and len(data) >= l4 + 8) or (t.proto == TCP and len(data) >= l4 + 20))
+    old_ports = bytes(data[l4:l4 + 4]) if has_l4 else b""
+    if has_l4:
+        struct.pack_into("!HH", data, l4, point["sport"], point["dport"])
         if t.proto == TCP:
-            l4_layer.flags = point["flags"]
+            data[l4 + 13] = point["flags"] & 0xFF
+    if family == 4:
+        finish_ip(data)                    # the header checksum (length and id unchanged)
+    if has_l4:
         if t.frag == FIRST_FRAGMENT:
             # The UDP checksum covers the whole datagram, which a first fragment
             # does not carry: update it for the changed words (RFC 1624).
-            old = _addr_bytes(t.src, family) + _addr_bytes(t.dst, family) + old_ports
-            new = _addr_bytes(src, family) + _addr_bytes(dst, family) + struct.pack(
-                "!HH", point["sport"], point["dport"])
-            if l4_layer.chksum:
-                l4_layer.chksum = _incremental(l4_layer.chksum, old, new) or 0xFFFF
+            where = l4 + (6 if t.proto == UDP else 16)
+            (checksum,) = struct.unpack_from("!H", data, where)
+            if checksum:
+                old = _addr_bytes(t.src, family) + _addr_bytes(t.dst, family) + old_ports
+                new = _addr_bytes(src, family) + _addr_bytes(dst, family) + bytes(data[l4:l4 + 4])
+                struct.pack_into("!H", data, where, _incremental(checksum, old, new) or 0xFFFF)
         else:
-            del l4_layer.chksum
-    data = bytes(pkt)
+            set_l4_checksum(data, l4, t.proto)
+    data = bytes(data)
     iface_in = space.ifaces[point["iif"]] if "iif" in point else cls.iface_in
     iface_out = space.ifaces[point["oif"]] if "oif" in point else cls.iface_out
     record = parse_ip(data, t.ts, iface_in, iface_out)
@@ -245,15 +239,12 @@ def _slug(text: str) -> str:
 
 
 def write_pcap(path: str | Path, records: Iterable[PacketRecord]) -> Path:
-    """Raw-IP pcap of ``records`` (Scapy's pcap writer, link type RAW: the bytes are IP)."""
-    from scapy.utils import PcapWriter
+    """Raw-IP pcap of ``records`` (link type RAW: the bytes are IP), absolute timestamps."""
+    from fwtest.traffic import pcapwrite
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with PcapWriter(str(path), linktype=LINKTYPE_RAW, sync=True) as w:
-        w.write_header(None)
-        for r in records:
-            w.write_packet(r.data, sec=int(r.ts), usec=int((r.ts % 1) * 1e6))
+    pcapwrite.write_pcap(records, path, epoch=0.0, raw_ip=True)
     return path
 
 

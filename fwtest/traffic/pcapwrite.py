@@ -19,6 +19,7 @@ from fwtest.traffic.record import PacketRecord
 
 PCAP_MAGIC = 0xA1B2C3D4          # microsecond timestamps
 LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101                # the packet starts with its IP header
 SNAPLEN = 262144
 EPOCH = 1718734800.0              # 2024-06-18 18:20:00 UTC: synthetic timelines start here
 PEER_MAC = bytes.fromhex("020000000001")     # locally administered (bit 1 of the first octet)
@@ -34,13 +35,15 @@ def _frame(record: PacketRecord, peers_iface: str | None) -> bytes:
 
 
 def write_pcap(records: Iterable[PacketRecord], path: str | Path, *, epoch: float = EPOCH,
-               peers_iface: str | None = "eth0") -> int:
-    """Write the records (timestamps relative to ``epoch``) to ``path``; returns the packet count."""
+               peers_iface: str | None = "eth0", raw_ip: bool = False) -> int:
+    """Write the records (timestamps relative to ``epoch``) to ``path``; returns the packet count.
+    Ethernet frames (MACs by direction), or with ``raw_ip`` the IP packets alone."""
     count = 0
     with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", PCAP_MAGIC, 2, 4, 0, 0, SNAPLEN, LINKTYPE_ETHERNET))
+        f.write(struct.pack("<IHHiIII", PCAP_MAGIC, 2, 4, 0, 0, SNAPLEN,
+                            LINKTYPE_RAW if raw_ip else LINKTYPE_ETHERNET))
         for record in records:
-            frame = _frame(record, peers_iface)
+            frame = record.data if raw_ip else _frame(record, peers_iface)
             stamp = epoch + record.ts
             seconds = int(stamp)
             micros = int(round((stamp - seconds) * 1_000_000))

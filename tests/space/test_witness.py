@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 
 from space_helpers import BROKEN, flows, load, profile
@@ -80,3 +81,66 @@ def test_witness_headers_are_rewritten_payload_kept():
                and r.cls.flow == "emergency-call" and r.cls.transport == "udp")
     assert header_ok(w.data) and udp_ok(w.data)
     assert w.payload == cls.template.payload and b"urn:service:sos" in w.payload
+
+
+def scapy_witness(cls, point) -> bytes:
+    """The witness as Scapy builds it: the template dissected, fields set, checksums redone
+    (a first fragment keeps its datagram checksum, updated for the rewritten words)."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
+
+    from fwtest.space.witness import _addr_bytes
+    from fwtest.traffic.record import FIRST_FRAGMENT, LATER_FRAGMENT
+
+    t = cls.template
+    pkt = IP(t.data) if t.family == 4 else IPv6(t.data)
+    pkt.src = str(ipaddress.ip_address(point["src"]) if t.family == 4 else ipaddress.IPv6Address(point["src"]))
+    pkt.dst = str(ipaddress.ip_address(point["dst"]) if t.family == 4 else ipaddress.IPv6Address(point["dst"]))
+    if t.family == 4:
+        del pkt.chksum
+    layer = None
+    if t.frag != LATER_FRAGMENT:
+        layer = pkt[UDP] if t.proto == 17 and pkt.haslayer(UDP) else pkt[TCP] if t.proto == 6 and pkt.haslayer(TCP) \
+            else None
+    if layer is not None:
+        old_ports = struct.pack("!HH", layer.sport, layer.dport)
+        layer.sport, layer.dport = point["sport"], point["dport"]
+        if t.proto == 6:
+            layer.flags = point["flags"]
+        if t.frag == FIRST_FRAGMENT:
+            old = _addr_bytes(t.src, t.family) + _addr_bytes(t.dst, t.family) + old_ports
+            new = _addr_bytes(point["src"], t.family) + _addr_bytes(point["dst"], t.family) + struct.pack(
+                "!HH", point["sport"], point["dport"])
+            if layer.chksum:
+                layer.chksum = _incremental(layer.chksum, old, new) or 0xFFFF
+        else:
+            del layer.chksum
+    return bytes(pkt)
+
+
+def test_witness_bytes_are_what_scapy_builds_for_every_class():
+    # build_witness patches bytes (no Scapy import in a failing check); Scapy is the reference.
+    import random
+
+    from space_helpers import reference
+
+    from fwtest.space.header import HeaderSpace
+    from fwtest.space.proof import classes_for
+    from fwtest.space.witness import build_witness
+
+    stateless = load(BROKEN[0].parent / "fragments-stateless.yaml")   # the rules see fragments
+    space = HeaderSpace.for_rulesets([reference(), stateless], profile())
+    rng = random.Random(7)
+    classes = [*classes_for(space, reference(), profile(), flows()),
+               *classes_for(space, stateless, profile(), flows())]
+    kinds = set()
+    for cls in classes:
+        point = {"src": int(rng.choice(cls.src).network_address) + 1, "dst": int(rng.choice(cls.dst).network_address) + 2,
+                 "sport": rng.randint(1, 65535), "dport": rng.randint(1, 65535), "flags": cls.flags or 0}
+        if cls.frag == "later":
+            point["sport"], point["dport"] = cls.sport[0], cls.dport[0]
+        got = build_witness(cls, point, space)
+        assert got.data == scapy_witness(cls, point), cls.side_label
+        kinds.add((cls.family, cls.proto, cls.frag))
+    assert {(4, 17, "none"), (6, 17, "none"), (4, 6, "none"), (6, 6, "none"),
+            (4, 17, "first"), (6, 17, "first"), (4, 17, "later"), (6, 17, "later")} <= kinds

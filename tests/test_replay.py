@@ -38,7 +38,7 @@ def test_sipp_calls_break_under_broken_rulesets(broken, pcaps):
     path = str(ROOT / "rulesets/broken" / f"{broken}.yaml")
     for name in pcaps:
         result = replay_capture(path, ROOT / "traces/sipp" / name, load_profile(PROFILE))
-        assert result.exit_code == 1
+        assert result.exit_code == 1 and result.broken_calls
         for call in result.broken_calls:
             assert "set up" in call.failed_under_rules
             assert call.first_drop.verdict.rule.id == "drop-rest"

@@ -93,6 +93,14 @@ def no_hang(seconds: int = HANG_SECONDS):
         signal.signal(signal.SIGALRM, old)
 
 
+def refused(load, *args) -> None:
+    """The loader must refuse the input with a located one-line InputError (accepting it fails)."""
+    with no_hang(), pytest.raises(InputError) as e:
+        load(*args)
+    text = str(e.value)
+    assert "\n" not in text and LOCATED.match(text) and e.value.path, repr(text)
+
+
 def only_input_errors(load, *args):
     """Run a loader: it either returns or raises a located one-line InputError."""
     with no_hang():
@@ -215,7 +223,7 @@ def test_native_dicts_with_wrong_types_never_crash(data):
 def test_yaml_control_characters_are_a_one_line_error(text):
     """Shrunk by test_native_yaml_never_crashes: PyYAML's ReaderError (a control character)
     is not a MarkedYAMLError; its text spans two lines and the CLI prints both."""
-    only_input_errors(parse_ruleset, text, "control.yaml")
+    refused(parse_ruleset, text, "control.yaml")
 
 
 def test_native_yaml_refuses_what_it_cannot_read():
@@ -272,7 +280,7 @@ def test_iptables_save_never_crashes(text):
 def test_iptables_counters_without_a_command_are_an_input_error():
     """Shrunk by test_iptables_save_never_crashes: a line holding only packet counters (a
     line cut after them) raises IndexError in the loader instead of a located InputError."""
-    only_input_errors(load_iptables, "*filter\n:FORWARD DROP [0:0]\n[1:2]\nCOMMIT\n", "cut.v4")
+    refused(load_iptables, "*filter\n:FORWARD DROP [0:0]\n[1:2]\nCOMMIT\n", "cut.v4")
 
 
 _A_LINE = re.compile(r"^(\[\d+:\d+\]\s+)?-A\s")
@@ -388,7 +396,7 @@ NFT_WRONG_TYPES = [
                          if isinstance(v, tuple) else repr(v))
 def test_nft_loader_refuses_wrong_types(path, value):
     text = json.dumps(_set_path(json.loads(json.dumps(NFT_SMALL)), path, value))
-    only_input_errors(load_nft, text, "wrong.json")
+    refused(load_nft, text, "wrong.json")
 
 
 @pytest.mark.parametrize("depth", [5000, 100_000])
@@ -396,8 +404,8 @@ def test_deeply_nested_nft_json_is_an_input_error(depth):
     """Found by this file: json.loads raises RecursionError on deep nesting, which
     parse_ruleset (detect_format) and load_nft let through as an internal error."""
     text = '{"nftables": ' + "[" * depth + "]" * depth + "}"
-    only_input_errors(parse_ruleset, text, "deep.json")
-    only_input_errors(load_nft, text, "deep.json")
+    refused(parse_ruleset, text, "deep.json")
+    refused(load_nft, text, "deep.json")
 
 
 # ------------------------------------------------------------------ profile

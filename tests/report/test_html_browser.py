@@ -158,23 +158,7 @@ def test_hand_made_broken_report_in_chromium(tmp_path, broken_report):
     check_in_browser(tmp_path, broken_report, "report-hand-made", "drop-frag \u00b7 rules.yaml:42")
 
 
-def _real_check_available() -> str | None:
-    try:
-        import fwtest.engine  # noqa: F401
-        from fwtest.engine import replay  # noqa: F401
-        from fwtest.traffic.synth import synthesize  # noqa: F401
-    except ImportError as e:
-        return f"fwtest check is not complete yet ({e})"
-    if not (ROOT / "rulesets" / "psap-edge.profile.yaml").exists() or not sorted(
-            (ROOT / "rulesets" / "broken").glob("*.yaml")):
-        return "no reference rulesets (rulesets/psap-edge.profile.yaml, rulesets/broken/*.yaml) yet"
-    return None
-
-
 def test_real_broken_ruleset_in_chromium_beside_its_baseline(tmp_path):
-    reason = _real_check_available()
-    if reason:
-        pytest.skip(reason)
     from fwtest.api import check
 
     broken = sorted((ROOT / "rulesets" / "broken").glob("*.yaml"))[0]

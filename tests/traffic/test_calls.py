@@ -743,6 +743,7 @@ def test_narrowed_rtp_range_drops_the_first_packets_to_the_psap(engine_replay):
     # The PSAP answers on 24576, outside the narrowed 10000-20000: the caller's first RTP packets
     # die at drop-rest until the PSAP's own audio (inside the range) opens the conntrack entry.
     result = judge(engine_replay, "emergency-udp-v4.pcap", "broken/rtp-range-narrowed.yaml")
+    assert result.calls
     for call in result.calls:
         assert call.first_drop.what == "RTP to callee" and call.first_drop.verdict.rule.id == "drop-rest"
         assert call.media_dropped and call.media_dropped[0].endswith("media packets to callee")

@@ -82,7 +82,7 @@ class Connection:
 
     __slots__ = ("family", "proto", "key", "reply_key", "confirmed", "dead", "expires", "seen_reply",
                  "assured", "expected", "master", "helper", "tcp", "stream_ts", "invite_cseq",
-                 "expectations", "created")
+                 "expectations")
 
     def __init__(self, key: tuple, reply_key: tuple, now: float) -> None:
         self.family = key[0]
@@ -101,7 +101,6 @@ class Connection:
         self.stream_ts = 0.0
         self.invite_cseq = -1
         self.expectations: list[Expectation] = []
-        self.created = now
 
     def source(self, reply: bool) -> int:
         """Source address of the given direction (ct->tuplehash[dir].tuple.src.u3)."""

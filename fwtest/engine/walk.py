@@ -34,19 +34,15 @@ SUPPORTED_HELPERS = frozenset({"sip"})
 
 
 class CompiledRule:
-    __slots__ = ("rule", "tests", "whys", "kind", "target", "helper", "header_only")
+    __slots__ = ("rule", "tests", "whys", "kind", "target", "helper")
 
-    def __init__(self, rule: Rule, tests: tuple[Test, ...], whys: tuple[WhyNot, ...], kind: int,
-                 header_only: bool) -> None:
+    def __init__(self, rule: Rule, tests: tuple[Test, ...], whys: tuple[WhyNot, ...], kind: int) -> None:
         self.rule = rule
         self.tests = tests
         self.whys = whys
         self.kind = kind
         self.target: CompiledChain | None = None
         self.helper: str | None = None
-        # True when the rule's result depends on header fields alone (no
-        # state, payload or bucket): the door for per-header-class caching.
-        self.header_only = header_only
 
 
 class CompiledChain:
@@ -89,10 +85,7 @@ class CompiledRuleset:
                     raise InputError(rule.source.file, rule.source.line,
                                      f"rule {rule.id}: action {rule.action.kind!r} is not modelled")
                 tests, whys = compile_match(rule.match, rule, limits)
-                m = rule.match
-                header_only = (m.state is None and m.helper is None and not m.string and m.sip is None
-                               and m.limit is None)
-                cr = CompiledRule(rule, tests, whys, kind, header_only)
+                cr = CompiledRule(rule, tests, whys, kind)
                 if kind in (JUMP, GOTO):
                     target = self.chains.get(rule.action.target or "")
                     if target is None:
@@ -128,7 +121,7 @@ class CompiledRuleset:
         # A jump/goto cycle would walk forever (the kernel refuses to load one: ELOOP).
         state: dict[str, int] = {}
 
-        def visit(name: str, path: list[CompiledRule]) -> None:
+        def visit(name: str) -> None:
             state[name] = 1
             for cr in self.chains[name].rules:
                 if cr.target is None:
@@ -139,12 +132,12 @@ class CompiledRuleset:
                     raise InputError(rule.source.file, rule.source.line,
                                      f"rule {rule.id}: {rule.action.kind} to {nxt} closes a loop of chains")
                 if nxt not in state:
-                    visit(nxt, path + [cr])
+                    visit(nxt)
             state[name] = 2
 
         for name in self.chains:
             if name not in state:
-                visit(name, [])
+                visit(name)
 
 
 def silent_reject(p: PacketView, rule: Rule) -> str:

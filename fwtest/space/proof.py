@@ -198,7 +198,7 @@ class AtomJudge:
         self._views: dict[tuple, Any] = {}     # one PacketView per packet and state: SIP parsed once
         self._compiled: dict[str, tuple] = {}
 
-    def probe(self, atom: Atom, record: PacketRecord, path: str, state: str) -> bool:
+    def probe(self, atom: Atom, record: PacketRecord, state: str) -> bool:
         """Does the one match of ``atom`` match ``record``? The engine's compiled test decides."""
         from fwtest.engine.packet import PacketView
 
@@ -241,7 +241,7 @@ class AtomJudge:
         out: dict[str, bool] = {}
         for atom in self.space.atoms.values():
             if atom.kind in ("string", "sip"):
-                out[atom.var] = self.probe(atom, rec, cls.path, state)
+                out[atom.var] = self.probe(atom, rec, state)
             elif atom.kind == "helper":
                 out[atom.var] = cls.helper == atom.key
             elif atom.kind == "limit":
@@ -487,7 +487,7 @@ class _Prover:
     def _payload_atoms_differ(self, cls: PacketClass, state: str, record: PacketRecord,
                               valuation: dict[str, bool]) -> bool:
         for atom in self.judge.payload_atoms():
-            if self.judge.probe(atom, record, cls.path, state) != valuation[atom.var]:
+            if self.judge.probe(atom, record, state) != valuation[atom.var]:
                 return True
         return False
 

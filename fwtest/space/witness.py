@@ -186,17 +186,6 @@ def replay_one(ruleset: Ruleset, profile: EmergencyProfile, cls: PacketClass, re
                   sip_ports=profile.sip_helper_ports)[0]
 
 
-def engine_verdict(ruleset: Ruleset, profile: EmergencyProfile, cls: PacketClass, record: PacketRecord,
-                   state: str) -> Verdict:
-    """The engine's verdict on ``record`` as a packet of ``cls`` seen in ``state`` (one-off)."""
-    from fwtest.engine import explain
-
-    if state in ("new", "untracked"):
-        return replay_one(ruleset, profile, cls, record)
-    return explain(ruleset, record, path=cls.path, state=state, native_hook=profile.firewall,
-                   helper=cls.helper).verdict
-
-
 def same_decider(v: Verdict, decider: Decider) -> bool:
     if decider.rule is not None:
         return v.rule is not None and v.rule.id == decider.rule.id

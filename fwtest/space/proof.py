@@ -376,6 +376,7 @@ def check_modelled(ruleset: Ruleset, profile: EmergencyProfile, classes: Sequenc
 # Classes depend on the flows and on how the ruleset tracks connections only
 # (ct-helper rules aside): a diff or a benchmark asks for the same ones again.
 _CLASSES: dict[tuple, tuple[Sequence[CallFlow], ProfileClasses]] = {}
+_HELPED: dict[tuple, tuple[Sequence[CallFlow], Ruleset, HeaderSpace, ProfileClasses]] = {}
 
 
 def classes_for(space: HeaderSpace, ruleset: Ruleset, profile: EmergencyProfile,
@@ -399,8 +400,17 @@ def profile_classes_for(space: HeaderSpace, ruleset: Ruleset, profile: Emergency
         _CLASSES[key] = (flows, classified)
     check_modelled(ruleset, profile, classified.classes)
     if any(r.action.kind == "ct_helper" for r in ruleset.rules()):
+        # The helper each connection gets depends on the rules: decided once per ruleset
+        # and space (check's proof and analysis, and a diff's sides, ask again).
+        helped_key = (id(flows), id(ruleset), id(space))
+        helped = _HELPED.get(helped_key)
+        if helped is not None and helped[0] is flows and helped[1] is ruleset and helped[2] is space:
+            return helped[3]
         pc = ProfileCompile(space, ruleset, profile, classified.classes)
         classified = classify_profile(profile, ruleset, flows, helper_of=helper_decider(space, ruleset, pc))
+        if len(_HELPED) >= 8:
+            _HELPED.pop(next(iter(_HELPED)))
+        _HELPED[helped_key] = (flows, ruleset, space, classified)
     return classified
 
 

@@ -12,9 +12,13 @@ import gc
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fwtest.errors import InputError
 from fwtest.report import FORMATS
+
+if TYPE_CHECKING:
+    from fwtest.profile import EmergencyProfile
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -158,8 +162,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise InputError(config.path if config else "fwtest", 0,
                          "no ruleset given and none configured ([tool.fwtest] rulesets = [...])")
     reports, baselines = [], []
+    profiles: dict[str | None, EmergencyProfile] = {}
     for entry in entries:
-        profile = _profile(args.profile or entry.profile)
+        where = args.profile or entry.profile
+        if where not in profiles:
+            profiles[where] = _profile(where)
+        profile = profiles[where]
         baseline = args.baseline or ([entry.baseline] if entry.baseline else [])
         if not baseline and config is not None and config.baseline:
             baseline = [config.baseline]

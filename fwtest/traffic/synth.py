@@ -61,15 +61,30 @@ class SynthesisedFlows(list[CallFlow]):
 
 
 def synthesize(profile: EmergencyProfile, *, seed: int = 0) -> SynthesisedFlows:
-    """Every synthetic call flow of the profile, deterministic for ``seed``."""
+    """Every synthetic call flow of the profile, deterministic for ``seed``.
+
+    With the cache on, asking again in one process (a check of several rulesets,
+    check and its proof) gives the same object back, so what is derived from it
+    in memory (the proof's classes) is found again too.
+    """
     entry = cache_key(profile, seed)
+    recent = (str(cache.directory()), entry)
+    if cache.enabled() and recent in _RECENT:
+        return _RECENT[recent]
     flows = cache.load("flows", entry)
     if not (isinstance(flows, list) and all(isinstance(f, CallFlow) for f in flows)):
         flows = _synthesize(profile, seed)
         cache.store("flows", entry, flows)
     out = SynthesisedFlows(flows)
     out.key = entry
+    if cache.enabled():
+        if len(_RECENT) >= 4:
+            _RECENT.pop(next(iter(_RECENT)))
+        _RECENT[recent] = out
     return out
+
+
+_RECENT: dict[tuple[str, str], SynthesisedFlows] = {}   # (cache directory, entry) -> flows
 
 
 def cache_key(profile: EmergencyProfile, seed: int) -> str:
